@@ -1,0 +1,263 @@
+#include "config.h"
+
+#include "store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+/* Forward migrations.  Entry i moves the schema from version i to i+1.  Never edit a
+ * published entry: append a new one. */
+static const char *const migrations[] = {
+    /* 0 -> 1: compute targets */
+    "CREATE TABLE targets("
+    "  name TEXT PRIMARY KEY COLLATE NOCASE,"
+    "  type TEXT NOT NULL,"
+    "  origin TEXT NOT NULL CHECK(origin IN ('created','attached','implicit')),"
+    "  config TEXT NOT NULL,"
+    "  secret_refs TEXT NOT NULL DEFAULT '{}',"
+    "  facts TEXT NOT NULL DEFAULT '{}',"
+    "  provisioning_state TEXT NOT NULL,"
+    "  provisioning_errors TEXT NOT NULL DEFAULT '',"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL);"
+    "CREATE TABLE target_identities("
+    "  identity TEXT PRIMARY KEY COLLATE NOCASE,"
+    "  target TEXT NOT NULL COLLATE NOCASE REFERENCES targets(name) ON DELETE CASCADE);"
+    "CREATE INDEX target_identities_target ON target_identities(target);",
+};
+
+int store_latest_schema(void)
+{
+    return (int)CT_ARRAY_LEN(migrations);
+}
+
+ctarget_status store_fail(store *st, ctarget_error *err, const char *what)
+{
+    int rc = sqlite3_extended_errcode(st->db);
+    ctarget_status code = CTARGET_E_IO;
+    if ((rc & 0xff) == SQLITE_CONSTRAINT)
+        code = CTARGET_E_EXISTS;
+    else if ((rc & 0xff) == SQLITE_NOMEM)
+        code = CTARGET_E_NOMEM;
+    ct_err(err, code, "workspace %s: %s: %s", st->dir, what, sqlite3_errmsg(st->db));
+    return code;
+}
+
+ctarget_status store_exec(store *st, const char *sql, ctarget_error *err)
+{
+    if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return store_fail(st, err, "statement failed");
+    return CTARGET_OK;
+}
+
+sqlite3_stmt *store_prepare(store *st, const char *sql, ctarget_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
+        store_fail(st, err, "cannot prepare a statement");
+        return NULL;
+    }
+    return s;
+}
+
+void store_bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    if (v)
+        sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+char *store_col_text(sqlite3_stmt *s, int i)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    return xstrdup(t ? (const char *)t : "");
+}
+
+ctarget_status store_begin(store *st, ctarget_error *err)
+{
+    ctarget_status rc = store_exec(st, "BEGIN IMMEDIATE", err);
+    if (rc == CTARGET_OK)
+        st->in_txn = 1;
+    return rc;
+}
+
+ctarget_status store_commit(store *st, ctarget_error *err)
+{
+    ctarget_status rc = store_exec(st, "COMMIT", err);
+    if (rc != CTARGET_OK)
+        store_rollback(st);
+    st->in_txn = 0;
+    return rc;
+}
+
+void store_rollback(store *st)
+{
+    if (st->in_txn)
+        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    st->in_txn = 0;
+}
+
+/* Create a file 0600 (or tighten an existing one) before SQLite opens it: SQLite gives its
+ * -wal, -shm and -journal files the permissions of the database file. */
+static int ensure_private_file(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -1;
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && (sb.st_mode & 077))
+        fchmod(fd, 0600);
+    close(fd);
+    return 0;
+}
+
+static int read_user_version(sqlite3 *db)
+{
+    sqlite3_stmt *s;
+    int v = -1;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK) {
+        if (sqlite3_step(s) == SQLITE_ROW)
+            v = sqlite3_column_int(s, 0);
+        sqlite3_finalize(s);
+    }
+    return v;
+}
+
+static ctarget_status migrate(store *st, int target, ctarget_error *err)
+{
+    int v = read_user_version(st->db);
+    if (v > store_latest_schema()) {
+        ct_err(err, CTARGET_E_STATE,
+               "workspace %s has schema version %d, newer than this ctarget understands (%d): "
+               "upgrade ctarget or use another --workspace", st->dir, v, store_latest_schema());
+        return CTARGET_E_STATE;
+    }
+    if (v >= target)
+        return CTARGET_OK; /* fast path: no write lock when nothing to do */
+    ctarget_status rc = store_begin(st, err);
+    if (rc)
+        return rc;
+    /* re-read under the write lock: another process may have migrated meanwhile */
+    v = read_user_version(st->db);
+    for (; v < target; v++) {
+        if (sqlite3_exec(st->db, migrations[v], NULL, NULL, NULL) != SQLITE_OK) {
+            char what[64];
+            snprintf(what, sizeof what, "migration to schema %d failed", v + 1);
+            rc = store_fail(st, err, what);
+            store_rollback(st);
+            return rc;
+        }
+        char *sql = xasprintf("PRAGMA user_version=%d", v + 1);
+        sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+        free(sql);
+    }
+    return store_commit(st, err);
+}
+
+static ctarget_status open_impl(const char *dir, int version, store **out, ctarget_error *err)
+{
+    if (mkdir_p(dir, 0700) != 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot create workspace directory %s", dir);
+        return CTARGET_E_IO;
+    }
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && sb.st_uid == getuid() && (sb.st_mode & 077))
+        chmod(dir, 0700);
+    if (access(dir, W_OK) != 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "workspace directory %s is not writable", dir);
+        return CTARGET_E_IO;
+    }
+
+    char *dbpath = path_join(dir, "workspace.db");
+    char *secpath = path_join(dir, "secrets.db");
+    store *st = xcalloc(1, sizeof *st);
+    st->dir = xstrdup(dir);
+    ctarget_status rc = CTARGET_OK;
+
+    if (ensure_private_file(dbpath) != 0 || ensure_private_file(secpath) != 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot create the store in workspace %s", dir);
+        rc = CTARGET_E_IO;
+        goto out;
+    }
+    if (sqlite3_open_v2(dbpath, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL)
+        != SQLITE_OK) {
+        rc = store_fail(st, err, "cannot open workspace.db");
+        goto out;
+    }
+    sqlite3_busy_timeout(st->db, 60000);
+    sqlite3_extended_result_codes(st->db, 1);
+    /* journal_mode=WAL needs a brief exclusive lock the first time; the busy timeout covers
+     * processes that race to open a fresh workspace. */
+    if ((rc = store_exec(st, "PRAGMA journal_mode=WAL", err)) ||
+        (rc = store_exec(st, "PRAGMA synchronous=NORMAL", err)) ||
+        (rc = store_exec(st, "PRAGMA foreign_keys=ON", err)) ||
+        (rc = store_exec(st, "PRAGMA temp_store=MEMORY", err)))
+        goto out;
+    {
+        char *sql = sqlite3_mprintf("ATTACH DATABASE %Q AS sec", secpath);
+        rc = store_exec(st, sql, err);
+        sqlite3_free(sql);
+        if (rc)
+            goto out;
+    }
+    if ((rc = store_exec(st, "PRAGMA sec.journal_mode=DELETE", err)) ||
+        (rc = store_exec(st, "PRAGMA sec.secure_delete=ON", err)) ||
+        (rc = store_exec(st, "PRAGMA sec.synchronous=FULL", err)))
+        goto out;
+    if (read_user_version(st->db) < 0) {
+        rc = store_fail(st, err, "workspace.db is not a readable SQLite database");
+        goto out;
+    }
+    /* the secret table is not versioned with the main schema: it never changes shape */
+    if ((rc = store_exec(st,
+                         "CREATE TABLE IF NOT EXISTS sec.secrets("
+                         " target TEXT NOT NULL COLLATE NOCASE, key TEXT NOT NULL,"
+                         " value BLOB NOT NULL, PRIMARY KEY(target, key))",
+                         err)))
+        goto out;
+    if ((rc = migrate(st, version, err)))
+        goto out;
+    st->schema_version = read_user_version(st->db);
+out:
+    free(dbpath);
+    free(secpath);
+    if (rc) {
+        store_close(st);
+        st = NULL;
+    }
+    *out = st;
+    return rc;
+}
+
+ctarget_status store_open(const char *dir, store **out, ctarget_error *err)
+{
+    return open_impl(dir, store_latest_schema(), out, err);
+}
+
+ctarget_status store_open_at_version(const char *dir, int version, store **out,
+                                     ctarget_error *err)
+{
+    if (version < 0 || version > store_latest_schema()) {
+        ct_err(err, CTARGET_E_USAGE, "no schema version %d", version);
+        return CTARGET_E_USAGE;
+    }
+    return open_impl(dir, version, out, err);
+}
+
+void store_close(store *st)
+{
+    if (!st)
+        return;
+    if (st->db)
+        sqlite3_close_v2(st->db);
+    free(st->dir);
+    free(st);
+}

@@ -1,0 +1,121 @@
+/* libctarget: the library behind the ctarget command.
+ *
+ * Read operations return JSON documents (UTF-8, owned by the caller, released with
+ * ctarget_free) so programs in any language can use the results without a C object model;
+ * the ctarget command prints them as tables or passes them through with --output json.
+ *
+ * Every fallible function returns a ctarget_status and fills a caller-owned ctarget_error
+ * (see plugin.h); initialise it with ctarget_error_init().  Messages are one line, name the
+ * object and the cause, and never contain secrets.
+ */
+#ifndef CTARGET_CTARGET_H
+#define CTARGET_CTARGET_H
+
+#include <ctarget/plugin.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CTARGET_API __attribute__((visibility("default")))
+#else
+#define CTARGET_API
+#endif
+
+CTARGET_API const char *ctarget_version(void);
+CTARGET_API const char *ctarget_strerror(ctarget_status status);
+CTARGET_API void ctarget_error_init(ctarget_error *err);
+CTARGET_API void ctarget_free(void *p);
+
+/* ---- diagnostics ------------------------------------------------------------------------ */
+/* Messages at or below max_level go to fn (default: stderr, WARN).  Secrets are redacted
+ * before fn sees them. */
+typedef void (*ctarget_log_fn)(void *arg, ctarget_log_level level, const char *msg);
+CTARGET_API void ctarget_set_log_handler(ctarget_log_fn fn, void *arg, ctarget_log_level max_level);
+
+/* Progress of long work (provisioning, snapshots, uploads, environment builds). */
+typedef void (*ctarget_progress_fn)(void *arg, const char *phase, uint64_t done, uint64_t total);
+CTARGET_API void ctarget_set_progress_handler(ctarget_progress_fn fn, void *arg);
+
+/* Ask every running operation to stop at its next cancellation point.  Async-signal-safe. */
+CTARGET_API void ctarget_cancel_request(void);
+CTARGET_API int ctarget_cancel_requested(void);
+
+/* ---- plugins ---------------------------------------------------------------------------- */
+/* JSON array: one object per plugin file found, loaded or refused:
+ *   name, version, abi, path, status ("loaded"|"refused"), reason, capabilities[], ... */
+CTARGET_API ctarget_status ctarget_plugins_list(char **json, ctarget_error *err);
+/* JSON object describing one target type: capabilities, name rule, config keys. */
+CTARGET_API ctarget_status ctarget_plugin_describe(const char *type, char **json, ctarget_error *err);
+
+/* ---- workspace -------------------------------------------------------------------------- */
+typedef struct ctarget_ws ctarget_ws;
+
+/* dir NULL: $CTARGET_WORKSPACE, else $XDG_DATA_HOME/ctarget, else ~/.local/share/ctarget.
+ * Created 0700 on first use; the store is migrated forward to the current schema. */
+CTARGET_API ctarget_status ctarget_ws_open(const char *dir, ctarget_ws **ws, ctarget_error *err);
+CTARGET_API void ctarget_ws_close(ctarget_ws *ws);
+CTARGET_API const char *ctarget_ws_dir(const ctarget_ws *ws);
+CTARGET_API int ctarget_ws_schema_version(const ctarget_ws *ws);
+
+/* ---- compute targets -------------------------------------------------------------------- */
+typedef struct ctarget_setting {
+    const char *key;
+    const char *value;   /* literal, or a reference "env:VAR" / "file:PATH" for secrets */
+} ctarget_setting;
+
+typedef struct ctarget_compute_opts {
+    size_t struct_size;
+    const ctarget_setting *settings;
+    size_t n_settings;
+    int wait;                 /* follow provisioning until it settles */
+    long wait_timeout_s;      /* 0 = 3600 */
+    int accept_new_host_key;  /* trust an unknown SSH host key (like accept-new) */
+} ctarget_compute_opts;
+
+typedef enum ctarget_power_action {
+    CTARGET_POWER_START = 0,
+    CTARGET_POWER_STOP = 1,
+    CTARGET_POWER_RESTART = 2
+} ctarget_power_action;
+
+/* create/attach/show/status/update/power return the target as a JSON object:
+ *   name, type, origin ("created"|"attached"|"implicit"), provisioning_state,
+ *   provisioning_errors, config{} (secrets masked as "********" or shown as their
+ *   env:/file: reference), facts{}, created_at, updated_at; status adds live{}. */
+CTARGET_API ctarget_status ctarget_compute_create(ctarget_ws *ws, const char *name, const char *type,
+                                      const ctarget_compute_opts *opts, char **json,
+                                      ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_attach(ctarget_ws *ws, const char *name, const char *type,
+                                      const ctarget_compute_opts *opts, char **json,
+                                      ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_list(ctarget_ws *ws, char **json, ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_show(ctarget_ws *ws, const char *name, char **json,
+                                    ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_status(ctarget_ws *ws, const char *name, char **json,
+                                      ctarget_error *err);
+/* status with opts->wait: follow provisioning until it settles first */
+CTARGET_API ctarget_status ctarget_compute_status_wait(ctarget_ws *ws, const char *name,
+                                           const ctarget_compute_opts *opts, char **json,
+                                           ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_update(ctarget_ws *ws, const char *name,
+                                      const ctarget_compute_opts *opts, char **json,
+                                      ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_power(ctarget_ws *ws, const char *name,
+                                     ctarget_power_action action,
+                                     const ctarget_compute_opts *opts, char **json,
+                                     ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_nodes(ctarget_ws *ws, const char *name, char **json,
+                                     ctarget_error *err);
+/* detach: forget the target, never destroy it.  delete: destroy what ctarget created
+ * (attached targets are refused: detach them). */
+CTARGET_API ctarget_status ctarget_compute_detach(ctarget_ws *ws, const char *name, ctarget_error *err);
+CTARGET_API ctarget_status ctarget_compute_delete(ctarget_ws *ws, const char *name,
+                                      const ctarget_compute_opts *opts, ctarget_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CTARGET_CTARGET_H */
