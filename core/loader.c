@@ -227,10 +227,11 @@ static int check_keys(plugin *pl)
     return 0;
 }
 
-#define NEED_SLOT(cond, slot, what)                                                       \
+/* A capability is a promise that the slots behind it exist. */
+#define NEED_SLOT(cond, slot, what, slotname)                                             \
     do {                                                                                  \
         if ((cond) && !(slot))                                                            \
-            return refuse(pl, "claims capability %s but has no %s slot", what, #slot);    \
+            return refuse(pl, "claims capability %s but has no %s slot", what, slotname); \
     } while (0)
 
 static int check_descriptor(plugin *pl)
@@ -307,20 +308,20 @@ static int check_descriptor(plugin *pl)
     uint64_t caps = pl->d.capabilities;
     int runs = (caps & (CTARGET_CAP_SCRIPT_RUN | CTARGET_CAP_PIPELINE_STEP |
                         CTARGET_CAP_HYPERPARAMETER_TUNING | CTARGET_CAP_MODEL_SELECTION)) != 0;
-    NEED_SLOT(caps & CTARGET_CAP_CREATE, pl->compute.create, "create");
-    NEED_SLOT(caps & CTARGET_CAP_CREATE, pl->compute.delete_, "create");
-    NEED_SLOT(caps & CTARGET_CAP_ATTACH, pl->compute.attach, "attach");
-    NEED_SLOT(caps & CTARGET_CAP_START_STOP, pl->compute.start, "start-stop");
-    NEED_SLOT(caps & CTARGET_CAP_START_STOP, pl->compute.stop, "start-stop");
-    NEED_SLOT(caps & CTARGET_CAP_START_STOP, pl->compute.restart, "start-stop");
-    NEED_SLOT(caps & CTARGET_CAP_UPDATE, pl->compute.update, "update");
-    NEED_SLOT(caps & CTARGET_CAP_LIST_NODES, pl->compute.list_nodes, "list-nodes");
-    NEED_SLOT(runs, pl->d.run, "script-run/pipeline-step");
-    NEED_SLOT(runs, pl->run.submit, "script-run/pipeline-step");
-    NEED_SLOT(runs, pl->run.poll, "script-run/pipeline-step");
-    NEED_SLOT(runs, pl->run.read_logs, "script-run/pipeline-step");
-    NEED_SLOT(runs, pl->run.reattach, "script-run/pipeline-step");
-    NEED_SLOT(caps & CTARGET_CAP_CANCEL, pl->run.cancel, "cancel");
+    NEED_SLOT(caps & CTARGET_CAP_CREATE, pl->compute.create, "create", "compute.create");
+    NEED_SLOT(caps & CTARGET_CAP_CREATE, pl->compute.delete_, "create", "compute.delete_");
+    NEED_SLOT(caps & CTARGET_CAP_ATTACH, pl->compute.attach, "attach", "compute.attach");
+    NEED_SLOT(caps & CTARGET_CAP_START_STOP, pl->compute.start, "start-stop", "compute.start");
+    NEED_SLOT(caps & CTARGET_CAP_START_STOP, pl->compute.stop, "start-stop", "compute.stop");
+    NEED_SLOT(caps & CTARGET_CAP_START_STOP, pl->compute.restart, "start-stop", "compute.restart");
+    NEED_SLOT(caps & CTARGET_CAP_UPDATE, pl->compute.update, "update", "compute.update");
+    NEED_SLOT(caps & CTARGET_CAP_LIST_NODES, pl->compute.list_nodes, "list-nodes", "compute.list_nodes");
+    NEED_SLOT(runs, pl->d.run, "script-run/pipeline-step", "run table");
+    NEED_SLOT(runs, pl->run.submit, "script-run/pipeline-step", "run.submit");
+    NEED_SLOT(runs, pl->run.poll, "script-run/pipeline-step", "run.poll");
+    NEED_SLOT(runs, pl->run.read_logs, "script-run/pipeline-step", "run.read_logs");
+    NEED_SLOT(runs, pl->run.reattach, "script-run/pipeline-step", "run.reattach");
+    NEED_SLOT(caps & CTARGET_CAP_CANCEL, pl->run.cancel, "cancel", "run.cancel");
     if ((caps & CTARGET_CAP_PIPELINE_ONLY) && !(caps & CTARGET_CAP_PIPELINE_STEP))
         return refuse(pl, "claims capability pipeline-only without pipeline-step");
     return check_keys(pl);
