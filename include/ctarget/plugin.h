@@ -369,9 +369,23 @@ typedef struct ctarget_host {
     /* snapshots (content-addressed source trees, see ctarget-plugin(7)):
      *  materialize: write the tree into dest (hardlinks or reflinks from the blob store where
      *               possible), created fresh; never follows links out of dest.
-     *  blobs:       calls fn once per distinct content blob (hex sha256, size).
-     *  write_tar:   streams a pax tar with the manifest and the blobs for which `want`
-     *               returns nonzero (all when want is NULL); CTARGET_TAR_ZSTD compresses.  */
+     *  blobs:       calls fn once per distinct content blob (hex sha256, size); fn returns
+     *               nonzero to stop.
+     *  write_tar:   streams a pax tar (zstd-compressed with CTARGET_TAR_ZSTD) laid out as
+     *                 manifest.jsonl       first entry, always present
+     *                 blobs/<sha256>       one regular file per blob for which want()
+     *                                      returns nonzero (every blob when want is NULL)
+     *               manifest.jsonl is UTF-8 JSON, one object per line.  Line 1:
+     *                 {"ctarget_snapshot": "<id>", "format": 1, "entries": N}
+     *               then N entries sorted by path (byte order):
+     *                 {"path": "src/a.py", "type": "file", "mode": 420, "size": 12,
+     *                  "sha256": "<hex>"}
+     *                 {"path": "src", "type": "dir", "mode": 493}
+     *                 {"path": "link", "type": "symlink", "target": "src/a.py"}
+     *               Paths are relative, '/'-separated, never empty, absolute, "." or "..".
+     *               mode holds the permission bits (0777).  A receiver rebuilds the tree
+     *               from the manifest and its blob cache, applying the safe-extraction rules:
+     *               nothing may be created or written outside the destination.            */
     ctarget_status (*snapshot_materialize)(ctarget_call *call, const char *snapshot_id,
                                            const char *dest, ctarget_error *err);
     ctarget_status (*snapshot_blobs)(ctarget_call *call, const char *snapshot_id,
