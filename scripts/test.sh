@@ -1,0 +1,43 @@
+#!/bin/sh
+# The README's second command: the whole test suite, as CI runs it.
+#   1. make check          (-Werror build, every CUnit program, real processes and servers)
+#   2. make check again under AddressSanitizer + UndefinedBehaviorSanitizer
+#   3. make distcheck      (tarball builds, tests pass from it, installs, the out-of-tree
+#                           vendor plugin builds from the installed headers, uninstalls clean)
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+jobs=$(nproc 2>/dev/null || echo 2)
+"$top/scripts/install-deps.sh"
+cd "$top"
+autoreconf -fi >/dev/null 2>&1 || autoreconf -fi
+start=$(date +%s)
+
+step() { printf '\n==== %s\n' "$*"; }
+show_failures() {
+    for log in "$1"/tests/*.log; do
+        [ -f "$log" ] || continue
+        if grep -q '^FAIL\|^ERROR' "${log%.log}.trs" 2>/dev/null; then
+            echo "---- $log"
+            tail -n 80 "$log"
+        fi
+    done
+}
+run_check() {
+    # $1: build directory; the rest: configure flags
+    dir=$1
+    shift
+    rm -rf "$dir" && mkdir -p "$dir"
+    if ! (cd "$dir" && "$top/configure" -q "$@" && make -s -j"$jobs" &&
+          make -s -j"$jobs" check); then
+        show_failures "$dir"
+        return 1
+    fi
+}
+
+step "make check (-Werror)"
+run_check "$top/_build/check" --enable-werror
+step "make check under ASan+UBSan"
+run_check "$top/_build/asan" --enable-sanitizers
+step "make distcheck"
+(cd "$top/_build/check" && make -s -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror)
+step "all passed in $(($(date +%s) - start)) s"
