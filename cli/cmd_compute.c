@@ -90,7 +90,7 @@ static int parse(cli *c, int argc, char **argv, args *a, const char *sub)
     memset(a, 0, sizeof *a);
     int opt;
     opterr = 0;
-    optind = 1;
+    optind = 0; /* 0, not 1: glibc re-reads the ordering mode only then */
     while ((opt = getopt_long(argc, argv, CLI_COMMON_SHORT, longopts, NULL)) != -1) {
         switch (opt) {
         case OPT_HELP:

@@ -28,6 +28,7 @@ static ctarget_status b_validate(void *p, ctarget_call *c, ctarget_target *t, ct
     return CTARGET_OK;
 }
 
+#ifndef BAD_SLOT
 static ctarget_status b_status(void *p, ctarget_call *c, ctarget_target *t,
                                ctarget_compute_state *st, ctarget_obj *d, ctarget_error *e)
 {
@@ -35,6 +36,7 @@ static ctarget_status b_status(void *p, ctarget_call *c, ctarget_target *t,
     st->provisioning_state = CTARGET_PROV_SUCCEEDED;
     return CTARGET_OK;
 }
+#endif
 
 static ctarget_status b_attach(void *p, ctarget_call *c, ctarget_target *t, ctarget_obj *f,
                                ctarget_error *e)

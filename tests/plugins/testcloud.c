@@ -3,6 +3,7 @@
  * reports Creating for `provision_polls` polls, then Succeeded (or Failed with errors when
  * fail_provisioning is set).  Detach leaves the file; delete removes it, so tests can see
  * what was destroyed. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
