@@ -64,7 +64,20 @@ struct command {
 static const struct command commands[] = {
     {"plugins", cmd_plugins},
     {"compute", cmd_compute},
+    {"run", cmd_run},
+    {"env", cmd_env},
 };
+
+/* Run monitors are this very program, started as `ctarget run __monitor ID`. */
+static void set_monitor_program(void)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        ctarget_set_monitor_program(self);
+    }
+}
 
 int main(int argc, char **argv)
 {
@@ -76,6 +89,7 @@ int main(int argc, char **argv)
     };
     signal(SIGINT, on_sigint);
     signal(SIGPIPE, SIG_IGN);
+    set_monitor_program();
     int opt;
     opterr = 0;
     /* leading options only: everything after the command belongs to it */

@@ -114,6 +114,109 @@ CTARGET_API ctarget_status ctarget_compute_detach(ctarget_ws *ws, const char *na
 CTARGET_API ctarget_status ctarget_compute_delete(ctarget_ws *ws, const char *name,
                                       const ctarget_compute_opts *opts, ctarget_error *err);
 
+/* ---- runs ------------------------------------------------------------------------------- */
+/* A run executes a script from a source directory on a compute target.  Submitting checks
+ * the target's capabilities, snapshots the source, records the run (NotStarted) and starts
+ * its run monitor, a detached process that drives the plugin to a terminal state and
+ * records every transition; it returns at once.  See the Run states in ctarget(1).
+ *
+ * A run as JSON (ctarget_run_show): id, experiment, target, target_type, status,
+ * native_state, attempt, created_at, started_at, ended_at, duration_seconds, exit_code,
+ * term_signal, reason, snapshot_id, source_dir, git, script, arguments[], framework,
+ * timeout_seconds, environment{kind, name, python, file_name, hash, docker_image,
+ * env_var_names[]}, monitor{pid, alive, starts}, events[{from, to, time, native_state,
+ * detail}], metrics{NAME: {value, step, time, count}}, outputs[{path, size}], logs (path of
+ * std_log.txt), work_dir.  ctarget_run_list returns a subset per run: id, experiment,
+ * target, status, exit_code, reason, created_at, duration_seconds. */
+typedef struct ctarget_run_opts {
+    size_t struct_size;
+    const char *config_file;      /* run configuration JSON (ScriptRunConfig fields), or NULL */
+    const char *target;           /* the fields below override the configuration file */
+    const char *source_dir;
+    const char *script;
+    const char *const *args;      /* used when args_set (an empty list overrides too) */
+    size_t n_args;
+    int args_set;
+    const char *experiment;       /* NULL: config's, else "default" */
+    const char *environment;      /* named environment; or one of: */
+    const char *python;           /*   interpreter used as is */
+    const char *requirements;     /*   pip requirements file */
+    const char *conda;            /*   conda dependencies file */
+    const char *docker_image;
+    const char *const *env_vars;  /* "NAME=VALUE" */
+    size_t n_env_vars;
+    long long timeout_seconds;    /* max_run_duration_seconds; 0: the config's, else none */
+    const char *framework;
+} ctarget_run_opts;
+
+/* JSON {id, status, experiment, target, snapshot_id, exit_code (null)}.  A bad
+ * configuration fails with CTARGET_E_CONFIG naming the key (and the closest valid one). */
+CTARGET_API ctarget_status ctarget_run_submit(ctarget_ws *ws, const ctarget_run_opts *opts,
+                                              char **json, ctarget_error *err);
+
+typedef struct ctarget_run_filter {
+    size_t struct_size;
+    const char *experiment, *status, *target;   /* NULL: any */
+    size_t limit;                                /* 0: all */
+} ctarget_run_filter;
+/* Newest first. */
+CTARGET_API ctarget_status ctarget_run_list(ctarget_ws *ws, const ctarget_run_filter *f,
+                                            char **json, ctarget_error *err);
+/* id may be a unique prefix of a run id, in every run function. */
+CTARGET_API ctarget_status ctarget_run_show(ctarget_ws *ws, const char *id, char **json,
+                                            ctarget_error *err);
+/* Block until the run ends (timeout_ms 0: no limit; then CTARGET_E_TIMEOUT); JSON as show.
+ * Restarts a dead monitor, as every function that reads a run does. */
+CTARGET_API ctarget_status ctarget_run_wait(ctarget_ws *ws, const char *id, long timeout_ms,
+                                            char **json, ctarget_error *err);
+/* Copy std_log.txt through out from the start; with follow, keep going until the run has
+ * ended and its log is complete.  *json (may be NULL): the run as show, at the end. */
+CTARGET_API ctarget_status ctarget_run_logs(ctarget_ws *ws, const char *id, int follow,
+                                            ctarget_write_fn out, void *out_arg, char **json,
+                                            ctarget_error *err);
+/* Ask for cancellation (CancelRequested); the monitor cancels through the plugin.
+ * CTARGET_E_STATE when the run has already ended.  JSON as show. */
+CTARGET_API ctarget_status ctarget_run_cancel(ctarget_ws *ws, const char *id, char **json,
+                                              ctarget_error *err);
+/* JSON [{path, size}] of the run's outputs; with dest_dir, also copy them there. */
+CTARGET_API ctarget_status ctarget_run_outputs(ctarget_ws *ws, const char *id,
+                                               const char *dest_dir, char **json,
+                                               ctarget_error *err);
+/* JSON [{name, value, step, time}] in the order the script logged them. */
+CTARGET_API ctarget_status ctarget_run_metrics(ctarget_ws *ws, const char *id, char **json,
+                                               ctarget_error *err);
+/* Remove an ended run with its files (CTARGET_E_STATE while it is active). */
+CTARGET_API ctarget_status ctarget_run_delete(ctarget_ws *ws, const char *id,
+                                              ctarget_error *err);
+/* Be the run's monitor in this process, until the run ends (what the detached monitor
+ * process runs).  CTARGET_E_EXISTS when another monitor holds the run. */
+CTARGET_API ctarget_status ctarget_run_monitor(ctarget_ws *ws, const char *id,
+                                               ctarget_error *err);
+/* Program that run monitors are started as: `PROGRAM --workspace WS run __monitor ID`.
+ * NULL (the default): $CTARGET_MONITOR_PROGRAM, else the installed ctarget command. */
+CTARGET_API void ctarget_set_monitor_program(const char *path);
+
+/* ---- environments ----------------------------------------------------------------------- */
+typedef struct ctarget_env_opts {
+    size_t struct_size;
+    const char *python;           /* one of these three */
+    const char *requirements;
+    const char *conda;
+    const char *docker_image;     /* optional */
+    const char *const *env_vars;  /* "NAME=VALUE" */
+    size_t n_env_vars;
+} ctarget_env_opts;
+/* JSON {name, kind ("user"|"pip"|"conda"), python, file_name, content, hash (sha256 of the
+ * dependency file), docker_image, env_vars{}, created_at}.  The file's content is kept. */
+CTARGET_API ctarget_status ctarget_env_create(ctarget_ws *ws, const char *name,
+                                              const ctarget_env_opts *opts, char **json,
+                                              ctarget_error *err);
+CTARGET_API ctarget_status ctarget_env_list(ctarget_ws *ws, char **json, ctarget_error *err);
+CTARGET_API ctarget_status ctarget_env_show(ctarget_ws *ws, const char *name, char **json,
+                                            ctarget_error *err);
+CTARGET_API ctarget_status ctarget_env_delete(ctarget_ws *ws, const char *name,
+                                              ctarget_error *err);
+
 #ifdef __cplusplus
 }
 #endif
