@@ -20,6 +20,7 @@ static const char main_help[] =
     "commands:\n"
     "  plugins            list the target-type plugins found, loaded or refused\n"
     "  compute            create, attach, inspect, update, detach and delete targets\n"
+    "  snapshot           snapshot source directories; list, show, diff, export, gc\n"
     "  version            print the version\n"
     "  help COMMAND       explain a command (same as COMMAND --help)\n"
     "\n"
@@ -34,6 +35,7 @@ static const char main_help[] =
     "examples:\n"
     "  ctarget plugins\n"
     "  ctarget compute show local\n"
+    "  ctarget snapshot create ./train\n"
     "  ctarget compute attach gpu-box --type remotevm --set address=10.0.0.4 \\\n"
     "      --set username=ml --set private_key_file=~/.ssh/id_ed25519\n"
     "\n"
@@ -66,6 +68,7 @@ static const struct command commands[] = {
     {"compute", cmd_compute},
     {"run", cmd_run},
     {"env", cmd_env},
+    {"snapshot", cmd_snapshot},
 };
 
 /* Run monitors are this very program, started as `ctarget run __monitor ID`. */

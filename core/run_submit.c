@@ -359,22 +359,13 @@ static ctarget_status check_source(json_t *c, char **src_out, char **script_out,
 
 /* ---- snapshot, record, monitor ---------------------------------------------------------- */
 
-/* The source snapshot (id and git information).  The snapshot engine comes from the
- * snapshots branch: once it is merged (core/snapshot.h present) runs are snapshotted; before,
- * a run records no snapshot and plugins that need one fail at prepare saying so.  The
- * __has_include switch is only for the time between the two merges. */
-#if defined(__has_include)
-#if __has_include("snapshot.h")
-#define RUN_HAVE_SNAPSHOTS 1
-#endif
-#endif
-
+/* The source snapshot (id and git information).  Limits and ignore rules apply as for
+ * `ctarget snapshot create`. */
 static ctarget_status snapshot_source(ctarget_ws *ws, const char *dir, char **id, json_t **git,
                                       ctarget_error *err)
 {
     *id = NULL;
     *git = json_null();
-#ifdef RUN_HAVE_SNAPSHOTS
     char *json = NULL;
     ctarget_status rc = ctarget_snapshot_create(ws, dir, NULL, &json, err);
     if (rc)
@@ -394,9 +385,6 @@ static ctarget_status snapshot_source(ctarget_ws *ws, const char *dir, char **id
         *git = json_incref(g);
     }
     json_decref(j);
-#else
-    (void)ws, (void)dir, (void)err;
-#endif
     return CTARGET_OK;
 }
 

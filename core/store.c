@@ -31,8 +31,35 @@ static const char *const migrations[] = {
     "  identity TEXT PRIMARY KEY COLLATE NOCASE,"
     "  target TEXT NOT NULL COLLATE NOCASE REFERENCES targets(name) ON DELETE CASCADE);"
     "CREATE INDEX target_identities_target ON target_identities(target);",
-    /* -> next: the run lifecycle (core/run.h).  MERGE NOTE: keep this entry after the
-     * snapshots entry; it does not depend on it but published order must never change.
+    /* 1 -> 2: snapshots (core/snapshot.h).  The manifest itself is the blob named by the id;
+     * snapshot_sources remembers each source directory's latest snapshot (the next one's
+     * parent); stat_cache is the git-index-like cache of file hashes per source directory. */
+    "CREATE TABLE snapshots("
+    "  id TEXT PRIMARY KEY,"
+    "  source_dir TEXT NOT NULL,"
+    "  parent TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  files INTEGER NOT NULL,"
+    "  bytes INTEGER NOT NULL,"
+    "  new_bytes INTEGER NOT NULL,"
+    "  git TEXT,"
+    "  manifest_blob TEXT NOT NULL);"
+    "CREATE INDEX snapshots_source ON snapshots(source_dir, created_at);"
+    "CREATE TABLE snapshot_sources("
+    "  source_dir TEXT PRIMARY KEY,"
+    "  last_snapshot TEXT NOT NULL,"
+    "  updated_at INTEGER NOT NULL);"
+    "CREATE TABLE stat_cache("
+    "  source_dir TEXT NOT NULL,"
+    "  path TEXT NOT NULL,"
+    "  size INTEGER NOT NULL,"
+    "  mtime_ns INTEGER NOT NULL,"
+    "  ctime_ns INTEGER NOT NULL,"
+    "  inode INTEGER NOT NULL,"
+    "  dev INTEGER NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  PRIMARY KEY(source_dir, path)) WITHOUT ROWID;",
+    /* 2 -> 3: the run lifecycle (core/run.h).
      * runs.status is only ever written by runstate.c's rs_transition(), which records every
      * change in run_events in the same transaction.  phase is the monitor's own progress
      * through the run contract (new, submitted, fetched, done) so a replacement monitor

@@ -216,6 +216,55 @@ CTARGET_API ctarget_status ctarget_env_show(ctarget_ws *ws, const char *name, ch
                                             ctarget_error *err);
 CTARGET_API ctarget_status ctarget_env_delete(ctarget_ws *ws, const char *name,
                                               ctarget_error *err);
+/* ---- snapshots --------------------------------------------------------------------------- */
+/* A snapshot is a source directory's content at one moment: a sorted manifest (path, type,
+ * mode, size, sha256, link target) whose SHA-256 is the snapshot id, with file contents in
+ * the workspace's content-addressed blob store.  The same tree always gets the same id.
+ * Ignore rules come from .amlignore, else .gitignore (git's semantics); .git is excluded. */
+typedef struct ctarget_snapshot_opts {
+    size_t struct_size;
+    uint64_t max_bytes;   /* 0: $CTARGET_SNAPSHOT_MAX_BYTES, else 300 MB */
+    uint64_t max_files;   /* 0: $CTARGET_SNAPSHOT_MAX_FILES, else 2000 (files + symlinks) */
+} ctarget_snapshot_opts;
+
+/* Snapshot dir (opts may be NULL).  Exceeding a limit fails with CTARGET_E_LIMIT before any
+ * content is read, naming the largest files and directories.  JSON object:
+ *   id, source_dir (realpath), parent (previous snapshot of the same directory, or null),
+ *   created_at, files (regular files + symlinks), dirs, bytes (file contents),
+ *   new_bytes (content bytes this call added to the blob store), new_blobs,
+ *   hashed_files / hashed_bytes (contents read; files unchanged since the last snapshot per
+ *   the stat cache are not read), manifest_bytes,
+ *   git: {repository (credentials stripped), branch, commit, dirty} or null. */
+CTARGET_API ctarget_status ctarget_snapshot_create(ctarget_ws *ws, const char *dir,
+                                                   const ctarget_snapshot_opts *opts,
+                                                   char **json, ctarget_error *err);
+/* JSON array of snapshot records (id, source_dir, parent, created_at, files, bytes,
+ * new_bytes, git), oldest first. */
+CTARGET_API ctarget_status ctarget_snapshot_list(ctarget_ws *ws, char **json,
+                                                 ctarget_error *err);
+/* id may be a unique prefix.  The record, with its file count renamed "file_count", plus
+ * "entries" (manifest size) and "files": one object per entry {path, type ("file"|"dir"|"symlink"), mode, size, sha256 (files; else
+ * null), target (symlinks)}. */
+CTARGET_API ctarget_status ctarget_snapshot_show(ctarget_ws *ws, const char *id, char **json,
+                                                 ctarget_error *err);
+/* {"from", "to", "added": [paths], "modified": [paths], "deleted": [paths]}: what changed
+ * from snapshot a to b (type, mode, content or link target). */
+CTARGET_API ctarget_status ctarget_snapshot_diff(ctarget_ws *ws, const char *a, const char *b,
+                                                 char **json, ctarget_error *err);
+/* Write the transport archive (plugin.h, snapshot_write_tar) of snapshot id to path ("-":
+ * standard output); flags CTARGET_TAR_ZSTD.  since (or NULL): leave out the blobs snapshot
+ * `since` already has.  JSON {id, since, path, blobs, blob_bytes}. */
+CTARGET_API ctarget_status ctarget_snapshot_export(ctarget_ws *ws, const char *id,
+                                                   const char *since, unsigned flags,
+                                                   const char *path, char **json,
+                                                   ctarget_error *err);
+/* Safely extract an archive (a transport archive or a plain tar) into dest; blobs the
+ * archive lacks come from this workspace's blob store. */
+CTARGET_API ctarget_status ctarget_snapshot_extract(ctarget_ws *ws, const char *archive,
+                                                    const char *dest, ctarget_error *err);
+/* Delete every blob no snapshot references.  JSON {removed_blobs, freed_bytes, kept_blobs,
+ * kept_bytes, removed_temp_files}. */
+CTARGET_API ctarget_status ctarget_snapshot_gc(ctarget_ws *ws, char **json, ctarget_error *err);
 
 #ifdef __cplusplus
 }

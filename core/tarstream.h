@@ -2,8 +2,8 @@
  *
  * The transport layout is specified in include/ctarget/plugin.h (snapshot_write_tar):
  * manifest.jsonl first, then blobs/<sha256> entries. */
-#ifndef CTARGET_CORE_ARCHIVE_H
-#define CTARGET_CORE_ARCHIVE_H
+#ifndef CTARGET_CORE_TARSTREAM_H
+#define CTARGET_CORE_TARSTREAM_H
 
 #include <ctarget/plugin.h>
 
