@@ -91,6 +91,15 @@ static void finish(mon *m, ending *e, int reached)
     if (ran) {
         mon_read_logs(m);
         mon_read_metrics(m);
+        /* a script that ended between two polls still ran: the record must say so, with
+         * started_at, rather than jump from Preparing or Queued to the end */
+        if ((e->has_exit_code || e->term_signal) && m->state != CTARGET_RUN_RUNNING &&
+            m->state != CTARGET_RUN_CANCEL_REQUESTED &&
+            m->state != CTARGET_RUN_NOT_RESPONDING &&
+            rs_allowed(m->state, CTARGET_RUN_RUNNING)) {
+            rs_change run = {.detail = "started; ended before the next poll"};
+            mon_move(m, CTARGET_RUN_RUNNING, &run);
+        }
         if ((e->to == CTARGET_RUN_COMPLETED || e->to == CTARGET_RUN_FAILED ||
              e->to == CTARGET_RUN_FINISHED) && m->state != CTARGET_RUN_NOT_RESPONDING &&
             rs_allowed(m->state, CTARGET_RUN_FINALIZING)) {
