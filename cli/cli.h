@@ -55,5 +55,8 @@ char *json_scalar_text(json_t *v);
 /* Subcommands */
 int cmd_plugins(cli *c, int argc, char **argv);
 int cmd_compute(cli *c, int argc, char **argv);
+int cmd_run(cli *c, int argc, char **argv);
+int cmd_env(cli *c, int argc, char **argv);
+int cmd_snapshot(cli *c, int argc, char **argv);
 
 #endif

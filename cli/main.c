@@ -20,6 +20,7 @@ static const char main_help[] =
     "commands:\n"
     "  plugins            list the target-type plugins found, loaded or refused\n"
     "  compute            create, attach, inspect, update, detach and delete targets\n"
+    "  snapshot           snapshot source directories; list, show, diff, export, gc\n"
     "  version            print the version\n"
     "  help COMMAND       explain a command (same as COMMAND --help)\n"
     "\n"
@@ -34,6 +35,7 @@ static const char main_help[] =
     "examples:\n"
     "  ctarget plugins\n"
     "  ctarget compute show local\n"
+    "  ctarget snapshot create ./train\n"
     "  ctarget compute attach gpu-box --type remotevm --set address=10.0.0.4 \\\n"
     "      --set username=ml --set private_key_file=~/.ssh/id_ed25519\n"
     "\n"
@@ -64,7 +66,21 @@ struct command {
 static const struct command commands[] = {
     {"plugins", cmd_plugins},
     {"compute", cmd_compute},
+    {"run", cmd_run},
+    {"env", cmd_env},
+    {"snapshot", cmd_snapshot},
 };
+
+/* Run monitors are this very program, started as `ctarget run __monitor ID`. */
+static void set_monitor_program(void)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        ctarget_set_monitor_program(self);
+    }
+}
 
 int main(int argc, char **argv)
 {
@@ -76,6 +92,7 @@ int main(int argc, char **argv)
     };
     signal(SIGINT, on_sigint);
     signal(SIGPIPE, SIG_IGN);
+    set_monitor_program();
     int opt;
     opterr = 0;
     /* leading options only: everything after the command belongs to it */

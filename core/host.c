@@ -25,6 +25,11 @@ void host_set_workspace_dir(const char *dir)
     known_hosts = path_join(dir, "known_hosts");
 }
 
+const char *host_workspace_dir0(void)
+{
+    return workspace_dir;
+}
+
 void call_init(ctarget_call *c, const char *what)
 {
     memset(c, 0, sizeof *c);

@@ -65,5 +65,8 @@ ctarget_status host_snapshot_write_tar(ctarget_call *call, const char *snapshot_
 
 /* Where the workspace keeps SSH host keys; set when a workspace opens. */
 void host_set_workspace_dir(const char *dir);
+/* The directory of the workspace opened last (NULL before any): the snapshot services find
+ * the blob store through it, since host calls carry no workspace argument. */
+const char *host_workspace_dir0(void);
 
 #endif

@@ -1128,7 +1128,20 @@ ctarget_status ctarget_compute_delete(ctarget_ws *ws, const char *name,
 ctarget_status reg_check_idle(ctarget_ws *ws, const char *name, const char *verb,
                               ctarget_error *err)
 {
-    /* runs arrive with the run lifecycle; until then nothing can be busy */
-    (void)ws, (void)name, (void)verb, (void)err;
-    return CTARGET_OK;
+    sqlite3_stmt *s = store_prepare(ws->st, "SELECT id, status FROM runs WHERE target=? AND"
+                                            " status NOT IN ('Completed', 'Failed', 'Canceled',"
+                                            " 'Finished') ORDER BY id LIMIT 1", err);
+    if (!s)
+        return err->code;
+    store_bind_text(s, 1, name);
+    ctarget_status rc = CTARGET_OK;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(s, 0);
+        ct_err(err, CTARGET_E_STATE, "cannot %s %s: run %s is %s on it (wait for it to end, or "
+               "`ctarget run cancel %s`)", verb, name, id,
+               (const char *)sqlite3_column_text(s, 1), id);
+        rc = CTARGET_E_STATE;
+    }
+    sqlite3_finalize(s);
+    return rc;
 }

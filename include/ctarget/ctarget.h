@@ -114,6 +114,158 @@ CTARGET_API ctarget_status ctarget_compute_detach(ctarget_ws *ws, const char *na
 CTARGET_API ctarget_status ctarget_compute_delete(ctarget_ws *ws, const char *name,
                                       const ctarget_compute_opts *opts, ctarget_error *err);
 
+/* ---- runs ------------------------------------------------------------------------------- */
+/* A run executes a script from a source directory on a compute target.  Submitting checks
+ * the target's capabilities, snapshots the source, records the run (NotStarted) and starts
+ * its run monitor, a detached process that drives the plugin to a terminal state and
+ * records every transition; it returns at once.  See the Run states in ctarget(1).
+ *
+ * A run as JSON (ctarget_run_show): id, experiment, target, target_type, status,
+ * native_state, attempt, created_at, started_at, ended_at, duration_seconds, exit_code,
+ * term_signal, reason, snapshot_id, source_dir, git, script, arguments[], framework,
+ * timeout_seconds, environment{kind, name, python, file_name, hash, docker_image,
+ * env_var_names[]}, monitor{pid, alive, starts}, events[{from, to, time, native_state,
+ * detail}], metrics{NAME: {value, step, time, count}}, outputs[{path, size}], logs (path of
+ * std_log.txt), work_dir.  ctarget_run_list returns a subset per run: id, experiment,
+ * target, status, exit_code, reason, created_at, duration_seconds. */
+typedef struct ctarget_run_opts {
+    size_t struct_size;
+    const char *config_file;      /* run configuration JSON (ScriptRunConfig fields), or NULL */
+    const char *target;           /* the fields below override the configuration file */
+    const char *source_dir;
+    const char *script;
+    const char *const *args;      /* used when args_set (an empty list overrides too) */
+    size_t n_args;
+    int args_set;
+    const char *experiment;       /* NULL: config's, else "default" */
+    const char *environment;      /* named environment; or one of: */
+    const char *python;           /*   interpreter used as is */
+    const char *requirements;     /*   pip requirements file */
+    const char *conda;            /*   conda dependencies file */
+    const char *docker_image;
+    const char *const *env_vars;  /* "NAME=VALUE" */
+    size_t n_env_vars;
+    long long timeout_seconds;    /* max_run_duration_seconds; 0: the config's, else none */
+    const char *framework;
+} ctarget_run_opts;
+
+/* JSON {id, status, experiment, target, snapshot_id, exit_code (null)}.  A bad
+ * configuration fails with CTARGET_E_CONFIG naming the key (and the closest valid one). */
+CTARGET_API ctarget_status ctarget_run_submit(ctarget_ws *ws, const ctarget_run_opts *opts,
+                                              char **json, ctarget_error *err);
+
+typedef struct ctarget_run_filter {
+    size_t struct_size;
+    const char *experiment, *status, *target;   /* NULL: any */
+    size_t limit;                                /* 0: all */
+} ctarget_run_filter;
+/* Newest first. */
+CTARGET_API ctarget_status ctarget_run_list(ctarget_ws *ws, const ctarget_run_filter *f,
+                                            char **json, ctarget_error *err);
+/* id may be a unique prefix of a run id, in every run function. */
+CTARGET_API ctarget_status ctarget_run_show(ctarget_ws *ws, const char *id, char **json,
+                                            ctarget_error *err);
+/* Block until the run ends (timeout_ms 0: no limit; then CTARGET_E_TIMEOUT); JSON as show.
+ * Restarts a dead monitor, as every function that reads a run does. */
+CTARGET_API ctarget_status ctarget_run_wait(ctarget_ws *ws, const char *id, long timeout_ms,
+                                            char **json, ctarget_error *err);
+/* Copy std_log.txt through out from the start; with follow, keep going until the run has
+ * ended and its log is complete.  *json (may be NULL): the run as show, at the end. */
+CTARGET_API ctarget_status ctarget_run_logs(ctarget_ws *ws, const char *id, int follow,
+                                            ctarget_write_fn out, void *out_arg, char **json,
+                                            ctarget_error *err);
+/* Ask for cancellation (CancelRequested); the monitor cancels through the plugin.
+ * CTARGET_E_STATE when the run has already ended.  JSON as show. */
+CTARGET_API ctarget_status ctarget_run_cancel(ctarget_ws *ws, const char *id, char **json,
+                                              ctarget_error *err);
+/* JSON [{path, size}] of the run's outputs; with dest_dir, also copy them there. */
+CTARGET_API ctarget_status ctarget_run_outputs(ctarget_ws *ws, const char *id,
+                                               const char *dest_dir, char **json,
+                                               ctarget_error *err);
+/* JSON [{name, value, step, time}] in the order the script logged them. */
+CTARGET_API ctarget_status ctarget_run_metrics(ctarget_ws *ws, const char *id, char **json,
+                                               ctarget_error *err);
+/* Remove an ended run with its files (CTARGET_E_STATE while it is active). */
+CTARGET_API ctarget_status ctarget_run_delete(ctarget_ws *ws, const char *id,
+                                              ctarget_error *err);
+/* Be the run's monitor in this process, until the run ends (what the detached monitor
+ * process runs).  CTARGET_E_EXISTS when another monitor holds the run. */
+CTARGET_API ctarget_status ctarget_run_monitor(ctarget_ws *ws, const char *id,
+                                               ctarget_error *err);
+/* Program that run monitors are started as: `PROGRAM --workspace WS run __monitor ID`.
+ * NULL (the default): $CTARGET_MONITOR_PROGRAM, else the installed ctarget command. */
+CTARGET_API void ctarget_set_monitor_program(const char *path);
+
+/* ---- environments ----------------------------------------------------------------------- */
+typedef struct ctarget_env_opts {
+    size_t struct_size;
+    const char *python;           /* one of these three */
+    const char *requirements;
+    const char *conda;
+    const char *docker_image;     /* optional */
+    const char *const *env_vars;  /* "NAME=VALUE" */
+    size_t n_env_vars;
+} ctarget_env_opts;
+/* JSON {name, kind ("user"|"pip"|"conda"), python, file_name, content, hash (sha256 of the
+ * dependency file), docker_image, env_vars{}, created_at}.  The file's content is kept. */
+CTARGET_API ctarget_status ctarget_env_create(ctarget_ws *ws, const char *name,
+                                              const ctarget_env_opts *opts, char **json,
+                                              ctarget_error *err);
+CTARGET_API ctarget_status ctarget_env_list(ctarget_ws *ws, char **json, ctarget_error *err);
+CTARGET_API ctarget_status ctarget_env_show(ctarget_ws *ws, const char *name, char **json,
+                                            ctarget_error *err);
+CTARGET_API ctarget_status ctarget_env_delete(ctarget_ws *ws, const char *name,
+                                              ctarget_error *err);
+/* ---- snapshots --------------------------------------------------------------------------- */
+/* A snapshot is a source directory's content at one moment: a sorted manifest (path, type,
+ * mode, size, sha256, link target) whose SHA-256 is the snapshot id, with file contents in
+ * the workspace's content-addressed blob store.  The same tree always gets the same id.
+ * Ignore rules come from .amlignore, else .gitignore (git's semantics); .git is excluded. */
+typedef struct ctarget_snapshot_opts {
+    size_t struct_size;
+    uint64_t max_bytes;   /* 0: $CTARGET_SNAPSHOT_MAX_BYTES, else 300 MB */
+    uint64_t max_files;   /* 0: $CTARGET_SNAPSHOT_MAX_FILES, else 2000 (files + symlinks) */
+} ctarget_snapshot_opts;
+
+/* Snapshot dir (opts may be NULL).  Exceeding a limit fails with CTARGET_E_LIMIT before any
+ * content is read, naming the largest files and directories.  JSON object:
+ *   id, source_dir (realpath), parent (previous snapshot of the same directory, or null),
+ *   created_at, files (regular files + symlinks), dirs, bytes (file contents),
+ *   new_bytes (content bytes this call added to the blob store), new_blobs,
+ *   hashed_files / hashed_bytes (contents read; files unchanged since the last snapshot per
+ *   the stat cache are not read), manifest_bytes,
+ *   git: {repository (credentials stripped), branch, commit, dirty} or null. */
+CTARGET_API ctarget_status ctarget_snapshot_create(ctarget_ws *ws, const char *dir,
+                                                   const ctarget_snapshot_opts *opts,
+                                                   char **json, ctarget_error *err);
+/* JSON array of snapshot records (id, source_dir, parent, created_at, files, bytes,
+ * new_bytes, git), oldest first. */
+CTARGET_API ctarget_status ctarget_snapshot_list(ctarget_ws *ws, char **json,
+                                                 ctarget_error *err);
+/* id may be a unique prefix.  The record, with its file count renamed "file_count", plus
+ * "entries" (manifest size) and "files": one object per entry {path, type ("file"|"dir"|"symlink"), mode, size, sha256 (files; else
+ * null), target (symlinks)}. */
+CTARGET_API ctarget_status ctarget_snapshot_show(ctarget_ws *ws, const char *id, char **json,
+                                                 ctarget_error *err);
+/* {"from", "to", "added": [paths], "modified": [paths], "deleted": [paths]}: what changed
+ * from snapshot a to b (type, mode, content or link target). */
+CTARGET_API ctarget_status ctarget_snapshot_diff(ctarget_ws *ws, const char *a, const char *b,
+                                                 char **json, ctarget_error *err);
+/* Write the transport archive (plugin.h, snapshot_write_tar) of snapshot id to path ("-":
+ * standard output); flags CTARGET_TAR_ZSTD.  since (or NULL): leave out the blobs snapshot
+ * `since` already has.  JSON {id, since, path, blobs, blob_bytes}. */
+CTARGET_API ctarget_status ctarget_snapshot_export(ctarget_ws *ws, const char *id,
+                                                   const char *since, unsigned flags,
+                                                   const char *path, char **json,
+                                                   ctarget_error *err);
+/* Safely extract an archive (a transport archive or a plain tar) into dest; blobs the
+ * archive lacks come from this workspace's blob store. */
+CTARGET_API ctarget_status ctarget_snapshot_extract(ctarget_ws *ws, const char *archive,
+                                                    const char *dest, ctarget_error *err);
+/* Delete every blob no snapshot references.  JSON {removed_blobs, freed_bytes, kept_blobs,
+ * kept_bytes, removed_temp_files}. */
+CTARGET_API ctarget_status ctarget_snapshot_gc(ctarget_ws *ws, char **json, ctarget_error *err);
+
 #ifdef __cplusplus
 }
 #endif

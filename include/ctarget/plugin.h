@@ -437,6 +437,38 @@ typedef struct ctarget_compute_ops {
                                  ctarget_error *err);
 } ctarget_compute_ops;
 
+/* THE RUN CONTRACT (how the core's run monitor drives these operations)
+ *
+ * A run monitor is a detached ctarget process, one per run.  It calls, in order:
+ *     prepare -> submit -> { poll, read_logs(LOG), read_logs(METRICS) }* until a terminal
+ *     state -> fetch_outputs -> cleanup
+ * and cancel() when the user asks (CancelRequested).  A monitor may be killed at any moment;
+ * its replacement calls reattach() and carries on with the poll loop, so every operation must
+ * be safe to repeat, and everything needed to find the run again goes into run->handle,
+ * which the core persists after prepare, submit, each poll and cancel.
+ *
+ * Directories (all under the workspace, created by the core before prepare):
+ *     run->work_dir = <ws>/runs/<id>/work   private to the run and the plugin; a local-like
+ *                                           plugin materializes the snapshot under it and
+ *                                           keeps pid/exit-status/log files there
+ *     fetch_outputs(dest_dir = <ws>/runs/<id>)  the plugin fills dest_dir/outputs/ and
+ *                                           dest_dir/logs/ with the script's ./outputs and
+ *                                           ./logs (may be called again: overwrite)
+ * The core keeps the captured stdout+stderr in <ws>/runs/<id>/std_log.txt, appending what
+ * read_logs(LOG, offset = its current size) returns; metrics likewise by offset.
+ *
+ * The script's environment: the plugin sets CTARGET_RUN_ID, CTARGET_OUTPUTS_DIR (absolute
+ * path of ./outputs in the script's working directory) and CTARGET_METRICS_FILE (JSON lines
+ * {"name":..,"value":..,"step":..} that read_logs(METRICS) returns), plus run->env.
+ *
+ * States poll() reports: QUEUED (waiting for capacity), PREPARING (environment being built,
+ * if it happens after submit), RUNNING, then COMPLETED (exit code 0) or FAILED (has_exit_code
+ * and exit_code, or term_signal, and `reason` in words), CANCELED after cancel() once no
+ * process of the run is left, NOT_RESPONDING when the run's process vanished without a
+ * recorded exit status (reason says what was found).  The core, not the plugin, enforces
+ * run->timeout_seconds (through cancel()) and turns a lasting NOT_RESPONDING into FAILED.
+ * Build output of environments (pip, conda, docker) belongs in the LOG stream.  A plugin
+ * that cannot build an environment fails prepare() with a message saying what to install. */
 typedef struct ctarget_run_ops {
     size_t struct_size;
     /* ship the snapshot and build the environment (Preparing); idempotent */

@@ -8,7 +8,7 @@
 
 #include "local.h"
 
-static const ctarget_host *H;
+static const ctarget_host *H; /* compute ops; the run ops use their context */
 
 static const ctarget_config_key keys[] = {
     {.struct_size = sizeof(ctarget_config_key), .name = "max_concurrent_runs",
@@ -18,10 +18,20 @@ static const ctarget_config_key keys[] = {
 
 static ctarget_status l_init(const ctarget_host *host, void **p, ctarget_error *err)
 {
-    (void)err;
+    local_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) {
+        host->error_set(err, CTARGET_E_NOMEM, 0, 0, "out of memory");
+        return CTARGET_E_NOMEM;
+    }
     H = host;
-    *p = NULL;
+    ctx->h = host;
+    *p = ctx;
     return CTARGET_OK;
+}
+
+static void l_fini(void *p)
+{
+    free(p);
 }
 
 static ctarget_status l_validate(void *p, ctarget_call *c, ctarget_target *t, ctarget_verb v,
@@ -69,11 +79,15 @@ static const ctarget_plugin descriptor = {
     .version = PACKAGE_VERSION,
     .description = "this machine: runs scripts as local processes",
     .license = "MIT",
-    .capabilities = CTARGET_CAP_IMPLICIT | CTARGET_CAP_GPU | CTARGET_CAP_UPDATE,
+    /* never PIPELINE_STEP: the local target cannot run pipeline steps (TARGETS.md) */
+    .capabilities = CTARGET_CAP_IMPLICIT | CTARGET_CAP_GPU | CTARGET_CAP_UPDATE |
+                    CTARGET_CAP_SCRIPT_RUN | CTARGET_CAP_CANCEL | CTARGET_CAP_MODEL_SELECTION,
     .config_keys = keys,
     .n_config_keys = sizeof keys / sizeof keys[0],
     .init = l_init,
+    .fini = l_fini,
     .compute = &compute_ops,
+    .run = &local_run_ops,
 };
 
 CTARGET_DEFINE_PLUGIN(descriptor)

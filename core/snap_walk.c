@@ -1,0 +1,494 @@
+/* Walking a source directory into a snapshot tree: ignore rules, odd files, limits. */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ignore.h"
+#include "log.h"
+#include "snapshot.h"
+#include "util.h"
+
+/* Directory nesting we accept; deeper trees are almost surely a link loop made of bind
+ * mounts, and recursion must stay bounded. */
+#define WALK_MAX_DEPTH 256
+/* Entries kept while walking a tree that is already over its limits: enough to name the
+ * biggest offenders without holding a whole home directory in memory. */
+#define WALK_OVER_LIMIT_CAP 200000
+/* Short snapshots stay quiet: progress only once one has taken this long. */
+#define PROGRESS_AFTER_NS 500000000LL
+
+/* ---- limits ------------------------------------------------------------------------------ */
+
+int snap_parse_size(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    uint64_t mult = 1;
+    if (*end) {
+        int shift = (*end == 'K' || *end == 'k') ? 10 : (*end == 'M' || *end == 'm') ? 20
+                    : (*end == 'G' || *end == 'g') ? 30 : -1;
+        if (shift < 0 || (end[1] && strcmp(end + 1, "B") && strcmp(end + 1, "iB")))
+            return -1;
+        mult = UINT64_C(1) << shift;
+    }
+    if (v > UINT64_MAX / mult)
+        return -1;
+    *out = (uint64_t)v * mult;
+    return 0;
+}
+
+static int parse_count(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* An explicit option wins over the environment, which wins over the default. */
+static ctarget_status limit_from_env(const char *var, uint64_t opt, uint64_t def, int is_size,
+                                     uint64_t *out, ctarget_error *err)
+{
+    const char *v = getenv(var);
+    *out = opt ? opt : def;
+    if (opt || !v || !*v)
+        return CTARGET_OK;
+    uint64_t n = 0;
+    if ((is_size ? snap_parse_size(v, &n) : parse_count(v, &n)) != 0 || n == 0) {
+        ct_err(err, CTARGET_E_CONFIG, "%s='%.40s' is not valid: use a positive %s", var, v,
+               is_size ? "number of bytes, optionally with K, M or G (e.g. 500M)"
+                       : "number of files");
+        return CTARGET_E_CONFIG;
+    }
+    *out = n;
+    return CTARGET_OK;
+}
+
+ctarget_status snap_limits_resolve(uint64_t opt_bytes, uint64_t opt_files, snap_limits *lim,
+                                   ctarget_error *err)
+{
+    ctarget_status rc = limit_from_env("CTARGET_SNAPSHOT_MAX_BYTES", opt_bytes,
+                                       SNAP_DEFAULT_MAX_BYTES, 1, &lim->max_bytes, err);
+    if (!rc)
+        rc = limit_from_env("CTARGET_SNAPSHOT_MAX_FILES", opt_files, SNAP_DEFAULT_MAX_FILES, 0,
+                            &lim->max_files, err);
+    return rc;
+}
+
+static void fmt_size(uint64_t n, char out[32])
+{
+    if (n < 1024)
+        snprintf(out, 32, "%llu B", (unsigned long long)n);
+    else if (n < 1024 * 1024)
+        snprintf(out, 32, "%.1f KB", n / 1024.0);
+    else if (n < UINT64_C(1024) * 1024 * 1024)
+        snprintf(out, 32, "%.1f MB", n / (1024.0 * 1024));
+    else
+        snprintf(out, 32, "%.2f GB", n / (1024.0 * 1024 * 1024));
+}
+
+/* ---- the limit report -------------------------------------------------------------------- */
+
+typedef struct ranked {
+    size_t idx;
+    uint64_t bytes, files;
+} ranked;
+
+static int rank_by_bytes(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    return x->bytes < y->bytes ? 1 : x->bytes > y->bytes ? -1 : 0;
+}
+
+static int rank_by_files(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    return x->files < y->files ? 1 : x->files > y->files ? -1 : rank_by_bytes(a, b);
+}
+
+/* First index whose path is >= key (t sorted). */
+static size_t lower_bound(const snap_tree *t, const char *key)
+{
+    size_t lo = 0, hi = t->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(t->v[mid].path, key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Totals of every directory from prefix sums: a directory's descendants are the contiguous
+ * run of paths in [dir "/", dir "0") because '0' follows '/' in byte order. */
+static size_t rank_dirs(const snap_tree *t, ranked *out)
+{
+    uint64_t *pb = xcalloc(t->n + 1, sizeof *pb), *pf = xcalloc(t->n + 1, sizeof *pf);
+    for (size_t i = 0; i < t->n; i++) {
+        pb[i + 1] = pb[i] + (t->v[i].type == SNAP_FILE ? t->v[i].size : 0);
+        pf[i + 1] = pf[i] + (t->v[i].type != SNAP_DIR);
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->v[i].type != SNAP_DIR)
+            continue;
+        char *k = xasprintf("%s/", t->v[i].path);
+        size_t lo = lower_bound(t, k);
+        k[strlen(k) - 1] = '0';
+        size_t hi = lower_bound(t, k);
+        free(k);
+        out[n++] = (ranked){i, pb[hi] - pb[lo], pf[hi] - pf[lo]};
+    }
+    free(pb);
+    free(pf);
+    return n;
+}
+
+static const char *short_path(const char *p)
+{
+    size_t len = strlen(p);
+    return len > 60 ? p + len - 57 : p;
+}
+
+static void limit_message(const char *root, const snap_tree *t, const snap_limits *lim,
+                          const char *ignore_name, int truncated, ctarget_error *err)
+{
+    int by_files = t->files > lim->max_files;
+    char a[32], b[32];
+    strbuf sb;
+    sb_init(&sb);
+    sb_addf(&sb, "snapshot of %s is too large:", root);
+    if (by_files)
+        sb_addf(&sb, " %s%llu files (limit %llu)", truncated ? "over " : "",
+                (unsigned long long)t->files, (unsigned long long)lim->max_files);
+    if (t->bytes > lim->max_bytes) {
+        fmt_size(t->bytes, a);
+        fmt_size(lim->max_bytes, b);
+        sb_addf(&sb, "%s %s%s (limit %s)", by_files ? "," : "", truncated ? "over " : "", a, b);
+    }
+    ranked *r = xcalloc(t->n + 1, sizeof *r);
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->v[i].type == SNAP_FILE)
+            r[n++] = (ranked){i, t->v[i].size, 1};
+    qsort(r, n, sizeof *r, rank_by_bytes);
+    sb_adds(&sb, ". Largest files:");
+    for (size_t i = 0; i < n && i < 3; i++) {
+        fmt_size(r[i].bytes, a);
+        sb_addf(&sb, "%s %s (%s)", i ? "," : "", short_path(t->v[r[i].idx].path), a);
+    }
+    n = rank_dirs(t, r);
+    qsort(r, n, sizeof *r, by_files ? rank_by_files : rank_by_bytes);
+    sb_adds(&sb, n ? ". Largest directories:" : "");
+    for (size_t i = 0; i < n && i < 3; i++) {
+        fmt_size(r[i].bytes, a);
+        sb_addf(&sb, "%s %s/ (%s in %llu files)", i ? "," : "",
+                short_path(t->v[r[i].idx].path), a, (unsigned long long)r[i].files);
+    }
+    sb_addf(&sb, ". Leave them out with lines like `%s/` in %s/%s, or raise the limit with "
+            "%s (or --%s)", n ? short_path(t->v[r[0].idx].path) : "dir", root, ignore_name,
+            by_files ? "CTARGET_SNAPSHOT_MAX_FILES" : "CTARGET_SNAPSHOT_MAX_BYTES",
+            by_files ? "max-files" : "max-bytes");
+    free(r);
+    ct_err(err, CTARGET_E_LIMIT, "%s", sb.data);
+    sb_free(&sb);
+}
+
+/* ---- walking ----------------------------------------------------------------------------- */
+
+typedef struct walk {
+    const char *root;
+    ignore *ig;
+    snap_tree *t;
+    const snap_limits *lim;
+    int truncated;
+    int64_t start_ns;      /* monotonic */
+    int has_skip;          /* the workspace, when it lies inside the tree */
+    dev_t skip_dev;
+    ino_t skip_ino;
+} walk;
+
+static int utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 0 : (*p & 0xe0) == 0xc0 ? 1 : (*p & 0xf0) == 0xe0 ? 2
+                : (*p & 0xf8) == 0xf0 ? 3 : -1;
+        if (n < 0 || (n == 1 && *p < 0xc2))
+            return 0;
+        for (int i = 1; i <= n; i++)
+            if ((p[i] & 0xc0) != 0x80)
+                return 0;
+        p += n + 1;
+    }
+    return 1;
+}
+
+/* Whether a link target, taken relative to the link's directory, leaves the tree at any
+ * step (the receiver resolves it the same way). */
+static int link_escapes(const char *reldir, const char *target)
+{
+    if (target[0] == '/')
+        return 1;
+    long depth = 0;
+    for (const char *c = reldir; *c; c++)
+        depth += (c == reldir || c[-1] == '/');
+    for (const char *c = target; c;) {
+        const char *slash = strchr(c, '/');
+        size_t len = slash ? (size_t)(slash - c) : strlen(c);
+        if (len == 2 && c[0] == '.' && c[1] == '.') {
+            if (--depth < 0)
+                return 1;
+        } else if (len && !(len == 1 && c[0] == '.')) {
+            depth++;
+        }
+        c = slash ? slash + 1 : NULL;
+    }
+    return 0;
+}
+
+static int64_t ts_ns(struct timespec ts)
+{
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static ctarget_status add_link(walk *w, int dirfd, const char *name, const char *reldir,
+                               const char *rel, ctarget_error *err)
+{
+    char buf[4096];
+    ssize_t n = readlinkat(dirfd, name, buf, sizeof buf - 1);
+    if (n < 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read symlink %s/%s", w->root, rel);
+        return CTARGET_E_IO;
+    }
+    buf[n] = '\0';
+    if (!n || !utf8_valid(buf)) {
+        log_msg(CTARGET_LOG_WARN, "skipping symlink %s: its target is empty or not UTF-8", rel);
+        return CTARGET_OK;
+    }
+    if (link_escapes(reldir, buf))
+        log_msg(CTARGET_LOG_WARN,
+                "symlink %s points outside the source directory (%s): kept as a link, which "
+                "will not resolve to the same file on a target", rel, buf);
+    snap_tree_add(w->t, rel, SNAP_LINK)->target = xstrdup(buf);
+    w->t->files++;
+    return CTARGET_OK;
+}
+
+static void add_file(walk *w, const char *rel, const struct stat *st)
+{
+    snap_entry *e = snap_tree_add(w->t, rel, SNAP_FILE);
+    e->mode = st->st_mode & 0777;
+    e->size = (uint64_t)st->st_size;
+    e->mtime_ns = ts_ns(st->st_mtim);
+    e->ctime_ns = ts_ns(st->st_ctim);
+    e->ino = (uint64_t)st->st_ino;
+    e->dev = (uint64_t)st->st_dev;
+    w->t->files++;
+    w->t->bytes += e->size;
+}
+
+/* Classify one directory entry (stat relative to its directory: no path walk per file);
+ * *descend set for kept subdirectories. */
+static ctarget_status add_entry(walk *w, int dirfd, const char *name, const char *reldir,
+                                const char *rel, int *descend, ctarget_error *err)
+{
+    struct stat st;
+    ctarget_status rc = CTARGET_OK;
+    *descend = 0;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT) { /* vanished since readdir: nothing to snapshot */
+            ct_err_errno(err, CTARGET_E_IO, errno, "cannot stat %s/%s", w->root, rel);
+            rc = CTARGET_E_IO;
+        }
+    } else if (ignore_is_excluded(w->ig, rel, S_ISDIR(st.st_mode))) {
+        /* left out, and never descended into */
+    } else if (!utf8_valid(rel)) {
+        ct_err(err, CTARGET_E_FAILED, "%s/%s: the name is not valid UTF-8; rename it or add "
+               "it to %s", w->root, rel, ignore_file_name(w->ig));
+        rc = CTARGET_E_FAILED;
+    } else if (S_ISDIR(st.st_mode) && w->has_skip && st.st_dev == w->skip_dev &&
+               st.st_ino == w->skip_ino) {
+        /* snapshotting the blob store into itself would grow it without end */
+        log_msg(CTARGET_LOG_INFO, "leaving out %s: it is the workspace", rel);
+    } else if (S_ISDIR(st.st_mode)) {
+        snap_tree_add(w->t, rel, SNAP_DIR)->mode = st.st_mode & 0777;
+        *descend = 1;
+    } else if (S_ISREG(st.st_mode)) {
+        add_file(w, rel, &st);
+    } else if (S_ISLNK(st.st_mode)) {
+        rc = add_link(w, dirfd, name, reldir, rel, err);
+    } else {
+        log_msg(CTARGET_LOG_WARN, "skipping %s: a %s is not snapshotted", rel,
+                S_ISFIFO(st.st_mode) ? "FIFO" : S_ISSOCK(st.st_mode) ? "socket" : "device");
+    }
+    return rc;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Names in a directory, sorted so that walks (and warnings) are deterministic. */
+static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, char ***names,
+                               size_t *n, ctarget_error *err)
+{
+    int fd = dup(dirfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    *names = NULL;
+    *n = 0;
+    if (!d) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s%s%s", w->root,
+                     *reldir ? "/" : "", reldir);
+        if (fd >= 0)
+            close(fd);
+        return CTARGET_E_IO;
+    }
+    size_t cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (*n == cap)
+            *names = xrealloc(*names, (cap = cap ? cap * 2 : 16) * sizeof **names);
+        (*names)[(*n)++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    if (*n)
+        qsort(*names, *n, sizeof **names, cmp_str);
+    return CTARGET_OK;
+}
+
+static int over_cap(const walk *w)
+{
+    const snap_tree *t = w->t;
+    return (t->files > w->lim->max_files || t->bytes > w->lim->max_bytes) &&
+           t->n >= WALK_OVER_LIMIT_CAP;
+}
+
+static void free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth,
+                               ctarget_error *err);
+
+/* Open a kept subdirectory (never through a symlink swapped in meanwhile) and walk it. */
+static ctarget_status descend(walk *w, int dirfd, const char *name, const char *rel, int depth,
+                              ctarget_error *err)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s/%s", w->root, rel);
+        return CTARGET_E_IO;
+    }
+    ctarget_status rc = walk_dir(w, fd, rel, depth, err);
+    close(fd);
+    return rc;
+}
+
+static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth,
+                               ctarget_error *err)
+{
+    if (ctarget_cancel_requested()) {
+        ct_err(err, CTARGET_E_CANCELED, "snapshot of %s canceled", w->root);
+        return CTARGET_E_CANCELED;
+    }
+    if (depth > WALK_MAX_DEPTH) {
+        ct_err(err, CTARGET_E_LIMIT, "%s/%s: directories nested deeper than %d levels", w->root,
+               reldir, WALK_MAX_DEPTH);
+        return CTARGET_E_LIMIT;
+    }
+    char **names;
+    size_t n;
+    ctarget_status rc = list_dir(w, dirfd, reldir, &names, &n, err);
+    if (rc)
+        return rc;
+    if ((rc = ignore_enter(w->ig, reldir, err))) {
+        free_names(names, n);
+        return rc;
+    }
+    /* classify every entry while this directory's rules are on top, then descend */
+    unsigned char *sub = xcalloc(n + 1, 1);
+    size_t before = w->t->n;
+    char **rels = xcalloc(n + 1, sizeof *rels);
+    for (size_t i = 0; i < n && !rc; i++) {
+        rels[i] = *reldir ? xasprintf("%s/%s", reldir, names[i]) : xstrdup(names[i]);
+        int d;
+        rc = add_entry(w, dirfd, names[i], reldir, rels[i], &d, err);
+        sub[i] = (unsigned char)d;
+    }
+    if (w->t->n / 1024 != before / 1024 && time_mono_ns() - w->start_ns > PROGRESS_AFTER_NS)
+        progress_report("snapshot: scanning", w->t->n, 0);
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!sub[i])
+            continue;
+        if (over_cap(w)) {
+            w->truncated = 1;
+            break;
+        }
+        rc = descend(w, dirfd, names[i], rels[i], depth + 1, err);
+    }
+    ignore_leave(w->ig);
+    free_names(rels, n);
+    free_names(names, n);
+    free(sub);
+    return rc;
+}
+
+ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *skip_dir,
+                         snap_tree *t, ctarget_error *err)
+{
+    memset(t, 0, sizeof *t);
+    walk w = {.root = root, .t = t, .lim = lim, .start_ns = time_mono_ns()};
+    struct stat sk;
+    if (skip_dir && stat(skip_dir, &sk) == 0) {
+        w.has_skip = 1;
+        w.skip_dev = sk.st_dev;
+        w.skip_ino = sk.st_ino;
+    }
+    ctarget_status rc = ignore_open(root, &w.ig, err);
+    if (rc)
+        return rc;
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s", root);
+        rc = CTARGET_E_IO;
+    } else {
+        rc = walk_dir(&w, fd, "", 0, err);
+        close(fd);
+    }
+    if (!rc) {
+        snap_tree_sort(t);
+        if (t->files > lim->max_files || t->bytes > lim->max_bytes) {
+            limit_message(root, t, lim, ignore_file_name(w.ig), w.truncated, err);
+            rc = CTARGET_E_LIMIT;
+        }
+    }
+    ignore_free(w.ig);
+    if (rc)
+        snap_tree_free(t);
+    return rc;
+}

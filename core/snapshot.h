@@ -1,0 +1,159 @@
+/* Snapshots: content-addressed, ignore-aware, incremental source trees.
+ *
+ * MANIFEST AND ID
+ *  A snapshot is its manifest: one entry per file, directory and symlink under the source
+ *  directory that the ignore rules keep (the root itself is not an entry), sorted by path in
+ *  byte order (strcmp), each entry one JSON object on its own line exactly as in plugin.h:
+ *      {"path": "src/a.py", "type": "file", "mode": 420, "size": 12, "sha256": "<hex>"}
+ *      {"path": "src", "type": "dir", "mode": 493}
+ *      {"path": "link", "type": "symlink", "target": "src/a.py"}
+ *  Keys appear in that order, separated by ", " with ": " after each key; strings escape only
+ *  '"', '\\' and control characters (\b \f \n \r \t, else \u00XX); every line ends in "\n".
+ *  The snapshot id is the lowercase hex SHA-256 of the concatenated entry lines, i.e. of
+ *  manifest.jsonl without its first (header) line.  The entry lines are a pure function of
+ *  the kept paths, their types, permission bits (mode & 0777), sizes, contents and link
+ *  targets, so the same tree gets the same id whatever its mtimes, inode numbers, owners or
+ *  the order readdir returns names in.
+ *
+ *  The entry lines are stored in the blob store as the blob named by the id itself, so a
+ *  workspace's blob root alone is enough to rebuild a snapshot (host services, export).
+ *
+ * STAT CACHE
+ *  Per source directory (its realpath), the size, mtime_ns, ctime_ns, inode and device of
+ *  every file hashed, with its sha256, are kept in the store.  A file whose lstat matches is
+ *  not read again (its blob must still exist).  As in git's index, an entry is "racily clean"
+ *  when its mtime is not safely older than the snapshot's start: a later write within the
+ *  same timestamp tick would leave its stat unchanged.  Such entries (mtime >= start - 1 s,
+ *  which also covers coarse-timestamp file systems) are not cached, so they are hashed again
+ *  next time.
+ *
+ * CONCURRENCY
+ *  Blobs are written under a shared lock that `snapshot gc` takes exclusively; the snapshot
+ *  row, its source's "last snapshot" pointer and the stat cache are written in one short
+ *  BEGIN IMMEDIATE transaction at the end. */
+#ifndef CTARGET_CORE_SNAPSHOT_H
+#define CTARGET_CORE_SNAPSHOT_H
+
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include <ctarget/ctarget.h>
+
+#include "store.h"
+#include "util.h"
+
+#define SNAP_DEFAULT_MAX_BYTES (UINT64_C(300) * 1024 * 1024)
+#define SNAP_DEFAULT_MAX_FILES UINT64_C(2000)
+
+typedef enum snap_type { SNAP_FILE = 0, SNAP_DIR = 1, SNAP_LINK = 2 } snap_type;
+
+typedef struct snap_entry {
+    char *path;           /* relative, '/'-separated */
+    snap_type type;
+    unsigned mode;        /* mode & 0777 (files and dirs) */
+    uint64_t size;        /* files */
+    char sha[65];         /* files: hex sha256 ("" until hashed) */
+    char *target;         /* symlinks */
+    /* what the stat cache keys on (files) */
+    int64_t mtime_ns, ctime_ns;
+    uint64_t ino, dev;
+    int hashed;           /* content was read by this snapshot */
+    int cacheable;        /* not racily clean */
+} snap_entry;
+
+typedef struct snap_tree {
+    snap_entry *v;
+    size_t n, cap;
+    uint64_t files;       /* regular files + symlinks: what the file limit counts */
+    uint64_t bytes;       /* sum of regular file sizes */
+} snap_tree;
+
+void snap_tree_free(snap_tree *t);
+snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type);
+void snap_tree_sort(snap_tree *t);
+/* Entry with this path, or NULL (tree sorted). */
+const snap_entry *snap_tree_find(const snap_tree *t, const char *path);
+const char *snap_type_name(snap_type type);
+
+/* ---- manifest (snap_manifest.c) ---------------------------------------------------------- */
+/* The entry lines (see above) into sb; id = sha256 of them. */
+void snap_manifest_lines(const snap_tree *t, struct strbuf *sb);
+/* The header line of manifest.jsonl for id and n entries (owned). */
+char *snap_manifest_header(const char *id, size_t n);
+/* Parse entry lines into t (sorted, validated: safe relative paths, known types). */
+ctarget_status snap_manifest_parse(const char *text, size_t len, snap_tree *t,
+                                   ctarget_error *err);
+/* The entry lines of snapshot id from the blob store (owned, NUL-terminated), verified
+ * against the id. */
+ctarget_status snap_manifest_read(const char *blob_root, const char *id, char **text,
+                                  size_t *len, ctarget_error *err);
+/* Distinct content blobs of a tree, sorted by sha256: entries into *out (owned array of
+ * borrowed pointers); returns the count. */
+size_t snap_tree_blobs(const snap_tree *t, const snap_entry ***out);
+/* Read the manifest of snapshot id from the blob store. */
+ctarget_status snap_manifest_load(const char *blob_root, const char *id, snap_tree *t,
+                                  ctarget_error *err);
+
+/* ---- walking the source tree (snap_walk.c) ----------------------------------------------- */
+typedef struct snap_limits {
+    uint64_t max_bytes, max_files;
+} snap_limits;
+
+/* Walk root honouring the ignore rules; fails with CTARGET_E_LIMIT before anything is read
+ * when the limits are exceeded.  skip_dir (the workspace, or NULL) is left out wherever it
+ * appears in the tree.  t comes back sorted. */
+ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *skip_dir,
+                         snap_tree *t, ctarget_error *err);
+/* Limits from opts (nonzero wins), else the environment, else the defaults. */
+ctarget_status snap_limits_resolve(uint64_t opt_bytes, uint64_t opt_files, snap_limits *lim,
+                                   ctarget_error *err);
+/* "300M", "1G", "4096": bytes with an optional K/M/G (binary) suffix; -1 when malformed. */
+int snap_parse_size(const char *s, uint64_t *out);
+
+/* ---- hashing into the blob store (snap_hash.c) ------------------------------------------- */
+typedef struct snap_hash_stats {
+    uint64_t hashed_files, hashed_bytes, new_blobs, new_bytes;
+} snap_hash_stats;
+
+/* Hash every file entry with an empty sha (reading root/path), storing contents as blobs;
+ * all cores, big files streamed. */
+ctarget_status snap_hash_files(const char *root, const char *blob_root, snap_tree *t,
+                               snap_hash_stats *stats, ctarget_error *err);
+
+/* ---- the store (snap_db.c) --------------------------------------------------------------- */
+/* Fill sha of entries whose stat matches the cache (and whose blob exists). */
+ctarget_status snap_db_apply_cache(store *st, const char *source, const char *blob_root,
+                                   snap_tree *t, ctarget_error *err);
+typedef struct snap_record {
+    const char *id, *source_dir;
+    int64_t created_at;
+    uint64_t files, bytes, new_bytes;
+    const char *git_json;      /* or NULL */
+} snap_record;
+/* Record the snapshot (kept as first recorded when the id exists), the source's latest
+ * snapshot and its stat cache, in one transaction.  *parent: owned, NULL for none. */
+ctarget_status snap_db_record(store *st, const snap_record *r, const snap_tree *t,
+                              char **parent, ctarget_error *err);
+/* One snapshot row as JSON (NULL when absent); resolve a unique id prefix into *id. */
+ctarget_status snap_db_resolve(store *st, const char *prefix, char **id, ctarget_error *err);
+json_t *snap_db_row(store *st, const char *id);
+/* All rows, oldest first. */
+json_t *snap_db_list(store *st, ctarget_error *err);
+
+/* ---- git (snap_git.c) -------------------------------------------------------------------- */
+/* {"repository", "branch", "commit", "dirty"} or NULL when dir is not in a git checkout or
+ * git is not installed. */
+json_t *snap_git_info(const char *dir);
+/* https://user:token@host/x -> https://host/x (owned copy). */
+char *snap_git_strip_credentials(const char *url);
+
+/* ---- materializing and shipping (snapshot_host.c) ---------------------------------------- */
+ctarget_status snap_materialize(const char *blob_root, const char *id, const char *dest,
+                                ctarget_error *err);
+ctarget_status snap_write_tar(const char *blob_root, const char *id,
+                              int (*want)(void *arg, const char *sha256), void *want_arg,
+                              unsigned flags, ctarget_write_fn out, void *out_arg,
+                              ctarget_error *err);
+
+#endif

@@ -1,0 +1,162 @@
+#define _GNU_SOURCE
+#include "runlib.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void rl_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+char *rl_workspace(void)
+{
+    char *ws = tl_tmpdir("runws");
+    tl_result r = TL_CT(ws, "compute", "attach", "sim", "--type", "testrun");
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = TL_CT(ws, "compute", "attach", "pipe", "--type", "testpipe");
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    char *cloud = tl_path(ws, "cloud");
+    char *set = NULL, *res = tl_path(ws, "cloud/box1.res");
+    if (asprintf(&set, "cloud_dir=%s", cloud) < 0)
+        abort();
+    char *mk = NULL;
+    if (asprintf(&mk, "mkdir -p %s", cloud) < 0 || system(mk) != 0)
+        CU_FAIL("mkdir");
+    tl_write_file(res, "Succeeded 0 Running 0 1\n");
+    r = TL_CT(ws, "compute", "attach", "cloudbox", "--type", "testcloud", "--set", set,
+              "--set", "resource_id=box1");
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    free(mk);
+    free(set);
+    free(res);
+    free(cloud);
+    return ws;
+}
+
+char *rl_source(void)
+{
+    char *src = tl_tmpdir("runsrc");
+    char *p = tl_path(src, "train.py");
+    tl_write_file(p, "print('hello')\n");
+    free(p);
+    return src;
+}
+
+char *rl_submit(const char *ws, const char *src, const char *const opts[],
+                const char *const sim[])
+{
+    const char *argv[96];
+    size_t n = 0;
+    const char *fixed[] = {"run", "submit", "--target", "sim", "--source", src, "--script",
+                           "train.py", "-o", "json"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        argv[n++] = fixed[i];
+    for (size_t i = 0; opts && opts[i] && n < 80; i++)
+        argv[n++] = opts[i];
+    if (sim) {
+        argv[n++] = "--";
+        for (size_t i = 0; sim[i] && n < 94; i++)
+            argv[n++] = sim[i];
+    }
+    argv[n] = NULL;
+    tl_result r = tl_ctarget_run(ws, NULL, NULL, argv);
+    char *id = NULL;
+    if (r.status == 0) {
+        json_t *j = tl_json(&r);
+        const char *s = json_string_value(json_object_get(j, "id"));
+        id = s ? strdup(s) : NULL;
+        json_decref(j);
+    } else {
+        tl_dump("submit failed", &r);
+    }
+    CU_ASSERT_PTR_NOT_NULL(id);
+    tl_result_free(&r);
+    return id;
+}
+
+json_t *rl_show(const char *ws, const char *id)
+{
+    tl_result r = TL_CT(ws, "run", "show", id, "-o", "json");
+    json_t *j = r.status == 0 ? tl_json(&r) : NULL;
+    if (r.status)
+        tl_dump("show failed", &r);
+    tl_result_free(&r);
+    return j;
+}
+
+char *rl_status(const char *ws, const char *id)
+{
+    json_t *j = rl_show(ws, id);
+    const char *s = json_string_value(json_object_get(j, "status"));
+    char *out = s ? strdup(s) : NULL;
+    json_decref(j);
+    return out;
+}
+
+int rl_wait_for(const char *ws, const char *id, const char *statuses, long timeout_ms)
+{
+    long long end = tl_now_ms() + timeout_ms;
+    while (tl_now_ms() < end) {
+        char *s = rl_status(ws, id);
+        int hit = 0;
+        if (s) {
+            char *list = strdup(statuses), *save = NULL;
+            for (char *t = strtok_r(list, "|", &save); t; t = strtok_r(NULL, "|", &save))
+                hit |= !strcmp(t, s);
+            free(list);
+        }
+        free(s);
+        if (hit)
+            return 1;
+        rl_sleep_ms(30);
+    }
+    return 0;
+}
+
+int rl_wait(const char *ws, const char *id)
+{
+    tl_result r = TL_CT(ws, "run", "wait", id);
+    int st = r.status;
+    tl_result_free(&r);
+    return st;
+}
+
+int rl_count_lines(const char *path)
+{
+    char *s = tl_read_file(path);
+    int n = 0;
+    for (char *p = s; p && *p; p++)
+        n += *p == '\n';
+    free(s);
+    return n;
+}
+
+char *rl_run_file(const char *ws, const char *id, const char *name)
+{
+    char *p;
+    if (asprintf(&p, "%s/runs/%s/%s", ws, id, name) < 0)
+        abort();
+    return p;
+}
+
+char *rl_events(json_t *run)
+{
+    size_t len = 1, i;
+    json_t *e;
+    json_array_foreach(json_object_get(run, "events"), i, e)
+        len += strlen(json_string_value(json_object_get(e, "to"))) + 1;
+    char *s = calloc(1, len);
+    json_array_foreach(json_object_get(run, "events"), i, e) {
+        if (i)
+            strcat(s, " ");
+        strcat(s, json_string_value(json_object_get(e, "to")));
+    }
+    return s;
+}

@@ -1,0 +1,36 @@
+/* Helpers for the run lifecycle tests: a workspace with simulated-run targets, a source
+ * directory, submitting and inspecting runs through the real ctarget command. */
+#ifndef CTARGET_TESTS_RUNLIB_H
+#define CTARGET_TESTS_RUNLIB_H
+
+#include <jansson.h>
+
+#include "testlib.h"
+
+/* A fresh workspace with targets "sim" (testrun), "pipe" (testpipe, pipeline-only) and
+ * "cloudbox" (testcloud: no runs at all). */
+char *rl_workspace(void);
+/* A fresh source directory holding train.py. */
+char *rl_source(void);
+/* ctarget run submit --target sim --source SRC --script train.py OPTS... -- SIM...;
+ * opts and sim are NULL-terminated (either may be NULL).  Returns the run id (owned) or
+ * NULL with a CUnit failure. */
+char *rl_submit(const char *ws, const char *src, const char *const opts[],
+                const char *const sim[]);
+/* `run show ID -o json`, parsed (NULL on failure). */
+json_t *rl_show(const char *ws, const char *id);
+/* The status (owned), or NULL. */
+char *rl_status(const char *ws, const char *id);
+/* Poll `run show` until the status is one of "A|B|..." or timeout; 1 when reached. */
+int rl_wait_for(const char *ws, const char *id, const char *statuses, long timeout_ms);
+/* `run wait ID`: its exit status. */
+int rl_wait(const char *ws, const char *id);
+/* Count of lines in a file (0 when missing). */
+int rl_count_lines(const char *path);
+/* <ws>/runs/<id>/<name> (owned) */
+char *rl_run_file(const char *ws, const char *id, const char *name);
+/* The event "to" states in order, joined by ' ' (owned). */
+char *rl_events(json_t *run);
+void rl_sleep_ms(long ms);
+
+#endif
