@@ -1,4 +1,291 @@
+/* Configuration checked against what plugins declare (core/keys.c), white-box: name rules
+ * as a table, key types, required keys and groups, verbs, identities. */
+#define _GNU_SOURCE
 #include "testlib.h"
-static void t_placeholder(void) { CU_ASSERT(1); }
-static void add(CU_pSuite s) { TL_ADD(s, t_placeholder); }
-int main(int argc, char **argv) { return tl_main(argc, argv, "x", add); }
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ctarget/ctarget.h>
+
+#include "keys.h"
+#include "loader.h"
+
+static plugin *get(const char *type)
+{
+    plugin *pl = NULL;
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL_FATAL(loader_find(type, &pl, &err), CTARGET_OK);
+    return pl;
+}
+
+/* ---- name rules --------------------------------------------------------------------------- */
+
+typedef struct name_row {
+    const char *name;
+    int cloud_ok;   /* default rule: 3-24, starts with a letter, '-' followed later by a letter */
+    int ssh_ok;     /* testssh: the same with 2-16 characters (AKS) */
+} name_row;
+
+static const name_row names[] = {
+    {"a", 0, 0},
+    {"ab", 0, 1},
+    {"abc", 1, 1},
+    {"a1", 0, 1},
+    {"a1b2c3", 1, 1},
+    {"a-b", 1, 1},
+    {"a-1", 0, 0},
+    {"a-1b", 1, 1},
+    {"ab-12-c", 1, 1},
+    {"ab-12-3", 0, 0},
+    {"1abc", 0, 0},
+    {"-abc", 0, 0},
+    {"abc-", 0, 0},
+    {"a--b", 1, 1},
+    {"ab_c", 0, 0},
+    {"ab.c", 0, 0},
+    {"ab c", 0, 0},
+    {"ab\xc3\xa9", 0, 0},
+    {"", 0, 0},
+    {"Abc", 1, 1},
+    {"gpu-cluster", 1, 1},
+    {"abcdefghijklmnop", 1, 1},          /* 16 */
+    {"abcdefghijklmnopq", 1, 0},         /* 17 */
+    {"abcdefghijklmnopqrstuvwx", 1, 0},  /* 24 */
+    {"abcdefghijklmnopqrstuvwxy", 0, 0}, /* 25 */
+    {"cpu-cluster-2024-a", 1, 0},
+    {"cpu-cluster-2024", 0, 0},
+};
+
+static void t_name_rules_table(void)
+{
+    plugin *cloud = get("testcloud"), *ssh = get("testssh");
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        ctarget_error err;
+        ctarget_error_init(&err);
+        int c = keys_check_name(cloud, names[i].name, &err) == CTARGET_OK;
+        if (!c)
+            CU_ASSERT_EQUAL(err.code, CTARGET_E_CONFIG);
+        ctarget_error_init(&err);
+        int s = keys_check_name(ssh, names[i].name, &err) == CTARGET_OK;
+        if (c != names[i].cloud_ok || s != names[i].ssh_ok)
+            fprintf(stderr, "name '%s': default rule %d (want %d), 2-16 rule %d (want %d)\n",
+                    names[i].name, c, names[i].cloud_ok, s, names[i].ssh_ok);
+        CU_ASSERT_EQUAL(c, names[i].cloud_ok);
+        CU_ASSERT_EQUAL(s, names[i].ssh_ok);
+    }
+}
+
+static void t_name_rule_is_described(void)
+{
+    char *d = keys_describe_name_rule(get("testcloud"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(d, "3-24"));
+    free(d);
+    d = keys_describe_name_rule(get("testssh"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(d, "2-16"));
+    free(d);
+}
+
+/* ---- settings ----------------------------------------------------------------------------- */
+
+typedef struct applied {
+    ctarget_status rc;
+    ctarget_error err;
+    json_t *config, *refs, *pending;
+} applied;
+
+static applied apply(const char *type, ctarget_verb verb, const char *origin,
+                     const ctarget_setting *s, size_t n)
+{
+    applied a;
+    ctarget_error_init(&a.err);
+    a.config = json_object();
+    a.refs = json_object();
+    a.pending = json_object();
+    a.rc = keys_apply(get(type), verb, origin, s, n, a.config, a.refs, a.pending, &a.err);
+    return a;
+}
+
+static void applied_free(applied *a)
+{
+    json_decref(a->config);
+    json_decref(a->refs);
+    json_decref(a->pending);
+}
+
+#define S(k, v) {k, v}
+
+static void expect_config_error(const char *type, ctarget_verb verb, const ctarget_setting *s,
+                                size_t n, const char *needle)
+{
+    applied a = apply(type, verb, verb == CTARGET_VERB_ATTACH ? "attached" : "created", s, n);
+    if (a.rc == CTARGET_OK) {
+        ctarget_error_init(&a.err);
+        a.rc = keys_check_required(get(type), verb, verb == CTARGET_VERB_ATTACH ? "attached"
+                                   : "created", a.config, a.refs, a.pending, &a.err);
+    }
+    CU_ASSERT_EQUAL(a.rc, CTARGET_E_CONFIG);
+    if (!strstr(a.err.message, needle))
+        fprintf(stderr, "error '%s' lacks '%s'\n", a.err.message, needle);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.err.message, needle));
+    CU_ASSERT_PTR_NULL(strchr(a.err.message, '\n'));
+    applied_free(&a);
+}
+
+static void t_unknown_key_suggests_the_closest(void)
+{
+    ctarget_setting s[] = {S("cloud_dir", "/tmp"), S("vm_sise", "D2")};
+    expect_config_error("testcloud", CTARGET_VERB_CREATE, s, 2, "did you mean 'vm_size'");
+    ctarget_setting s2[] = {S("adress", "h")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, s2, 1, "did you mean 'address'");
+}
+
+static void t_wrong_types_refused(void)
+{
+    const struct {
+        const char *key, *value;
+    } bad[] = {
+        {"max_nodes", "four"},        /* int */
+        {"max_nodes", "0"},           /* below min */
+        {"max_nodes", "101"},         /* above max */
+        {"max_nodes", "4.5"},
+        {"ssh_public_access", "maybe"}, /* bool */
+        {"low_priority_ratio", "lots"}, /* number */
+        {"low_priority_ratio", "1.5"},  /* above max */
+        {"vm_priority", "spot"},        /* enum */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ctarget_setting s[] = {S("cloud_dir", "/tmp"), S(bad[i].key, bad[i].value)};
+        expect_config_error("testcloud", CTARGET_VERB_CREATE, s, 2, bad[i].key);
+    }
+    ctarget_setting p[] = {S("address", "h"), S("username", "u"),
+                           S("private_key_file", "/nonexistent/id_ed25519")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, p, 3, "private_key_file");
+}
+
+static void t_good_values_normalised_and_accepted(void)
+{
+    ctarget_setting s[] = {S("cloud_dir", "/tmp"), S("vm_size", "D2"), S("max_nodes", "4"),
+                           S("vm_priority", "LowPriority"), S("ssh_public_access", "yes"),
+                           S("low_priority_ratio", "0.25"), S("tags", "a,b,c")};
+    applied a = apply("testcloud", CTARGET_VERB_CREATE, "created", s, 7);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.config, "max_nodes")), "4");
+    CU_ASSERT_PTR_NOT_NULL(json_object_get(a.config, "vm_priority"));
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_check_required(get("testcloud"), CTARGET_VERB_CREATE, "created",
+                                        a.config, a.refs, a.pending, &err), CTARGET_OK);
+    applied_free(&a);
+}
+
+static void t_missing_required_per_verb(void)
+{
+    ctarget_setting c[] = {S("cloud_dir", "/tmp"), S("vm_size", "D2")};
+    expect_config_error("testcloud", CTARGET_VERB_CREATE, c, 2, "max_nodes");
+    ctarget_setting a[] = {S("cloud_dir", "/tmp")};
+    expect_config_error("testcloud", CTARGET_VERB_ATTACH, a, 1, "resource_id");
+}
+
+static void t_groups_need_one_and_exclusive_at_most_one(void)
+{
+    ctarget_setting none[] = {S("username", "u"), S("password", "pw-123456")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, none, 2, "address");
+    ctarget_setting both[] = {S("address", "h"), S("username", "u"), S("password", "pw"),
+                              S("private_key_file", "/etc/hostname")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, both, 4, "password");
+    ctarget_setting neither[] = {S("address", "h"), S("username", "u")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, neither, 2, "password");
+}
+
+static void t_verb_restricted_keys(void)
+{
+    ctarget_setting co[] = {S("cloud_dir", "/tmp"), S("resource_id", "/r/1"),
+                            S("vm_size", "D2")};
+    expect_config_error("testcloud", CTARGET_VERB_ATTACH, co, 3, "vm_size");
+    ctarget_setting ao[] = {S("cloud_dir", "/tmp"), S("vm_size", "D2"), S("max_nodes", "2"),
+                            S("resource_id", "/r/1")};
+    expect_config_error("testcloud", CTARGET_VERB_CREATE, ao, 4, "resource_id");
+    ctarget_setting im[] = {S("ssh_public_access", "true")};
+    applied a = apply("testcloud", CTARGET_VERB_UPDATE, "created", im, 1);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_E_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.err.message, "ssh_public_access"));
+    applied_free(&a);
+}
+
+static void t_secrets_go_to_pending_or_refs_never_config(void)
+{
+    ctarget_setting s[] = {S("address", "h"), S("username", "u"),
+                           S("password", "S3cr3t-Val-7f2a9")};
+    applied a = apply("testssh", CTARGET_VERB_ATTACH, "attached", s, 3);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    CU_ASSERT_PTR_NULL(json_object_get(a.config, "password"));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.pending, "password")),
+                           "S3cr3t-Val-7f2a9");
+    applied_free(&a);
+    ctarget_setting r[] = {S("address", "h"), S("username", "u"), S("password", "env:PW")};
+    a = apply("testssh", CTARGET_VERB_ATTACH, "attached", r, 3);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    CU_ASSERT_PTR_NULL(json_object_get(a.config, "password"));
+    CU_ASSERT_PTR_NULL(json_object_get(a.pending, "password"));
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.refs, "password")), "env:PW");
+    applied_free(&a);
+}
+
+static void t_empty_value_unsets(void)
+{
+    ctarget_setting s[] = {S("cloud_dir", "/tmp"), S("tags", "a,b")};
+    applied a = apply("testcloud", CTARGET_VERB_CREATE, "created", s, 2);
+    CU_ASSERT_PTR_NOT_NULL(json_object_get(a.config, "tags"));
+    ctarget_setting u[] = {S("tags", "")};
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_apply(get("testcloud"), CTARGET_VERB_UPDATE, "created", u, 1, a.config,
+                               a.refs, a.pending, &err), CTARGET_OK);
+    CU_ASSERT_PTR_NULL(json_object_get(a.config, "tags"));
+    applied_free(&a);
+}
+
+static void t_identity_tuples_with_defaults_case_insensitive(void)
+{
+    json_t *cfg = json_pack("{s:s, s:s}", "address", "GPU-Box.Corp", "username", "u");
+    json_t *ids = keys_identities(get("testssh"), cfg);
+    CU_ASSERT_EQUAL(json_array_size(ids), 1);
+    const char *id = json_string_value(json_array_get(ids, 0));
+    CU_ASSERT_STRING_EQUAL(id ? id : "", "address=gpu-box.corp;ssh_port=22");
+    json_decref(ids);
+    json_object_set_new(cfg, "ssh_port", json_string("2222"));
+    ids = keys_identities(get("testssh"), cfg);
+    id = json_string_value(json_array_get(ids, 0));
+    CU_ASSERT_STRING_EQUAL(id ? id : "", "address=gpu-box.corp;ssh_port=2222");
+    json_decref(ids);
+    json_decref(cfg);
+    /* a tuple missing a key without default does not identify anything */
+    cfg = json_pack("{s:s}", "cloud_dir", "/tmp");
+    ids = keys_identities(get("testcloud"), cfg);
+    CU_ASSERT_EQUAL(json_array_size(ids), 0);
+    json_decref(ids);
+    json_decref(cfg);
+}
+
+static void add(CU_pSuite s)
+{
+    TL_ADD(s, t_name_rules_table);
+    TL_ADD(s, t_name_rule_is_described);
+    TL_ADD(s, t_unknown_key_suggests_the_closest);
+    TL_ADD(s, t_wrong_types_refused);
+    TL_ADD(s, t_good_values_normalised_and_accepted);
+    TL_ADD(s, t_missing_required_per_verb);
+    TL_ADD(s, t_groups_need_one_and_exclusive_at_most_one);
+    TL_ADD(s, t_verb_restricted_keys);
+    TL_ADD(s, t_secrets_go_to_pending_or_refs_never_config);
+    TL_ADD(s, t_empty_value_unsets);
+    TL_ADD(s, t_identity_tuples_with_defaults_case_insensitive);
+}
+
+int main(int argc, char **argv)
+{
+    return tl_main(argc, argv, "keys", add);
+}
