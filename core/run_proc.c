@@ -59,11 +59,14 @@ static void detach_fds(const char *ws_dir, const char *id)
         dup2(null, 1);
     }
     dup2(logfd >= 0 ? logfd : null, 2);
-    long max = sysconf(_SC_OPEN_MAX);
-    if (max < 0 || max > 65536)
-        max = 65536;
-    for (int fd = 3; fd < max; fd++)
-        close(fd);
+    /* one syscall instead of one close() per possible descriptor (20000 here) */
+    if (close_range(3, ~0U, 0) != 0) {
+        long max = sysconf(_SC_OPEN_MAX);
+        if (max < 0 || max > 65536)
+            max = 65536;
+        for (int fd = 3; fd < max; fd++)
+            close(fd);
+    }
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
