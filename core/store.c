@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -203,29 +204,87 @@ void store_rollback(store *st)
 }
 
 /* Create a file 0600 (or tighten an existing one) before SQLite opens it: SQLite gives its
- * -wal, -shm and -journal files the permissions of the database file. */
+ * -wal, -shm and -journal files the permissions of the database file.
+ * The real path is never open()ed here: closing any descriptor of a database file drops the
+ * POSIX locks that every SQLite connection of this process holds on it, so a thread opening
+ * the workspace while another thread uses it would corrupt the database.  A new file is made
+ * under a temporary name and linked into place. */
 static int ensure_private_file(const char *path)
 {
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return -1;
     struct stat sb;
-    if (fstat(fd, &sb) == 0 && (sb.st_mode & 077))
-        fchmod(fd, 0600);
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode)) {
+            errno = S_ISDIR(sb.st_mode) ? EISDIR : S_ISLNK(sb.st_mode) ? ELOOP : EINVAL;
+            return -1;
+        }
+        if (sb.st_mode & 077)
+            chmod(path, 0600);
+        return 0;
+    }
+    if (errno != ENOENT)
+        return -1;
+    char *tmp = xasprintf("%s.new-XXXXXX", path);
+    int fd = mkstemp(tmp); /* 0600 whatever the umask */
+    if (fd < 0) {
+        free(tmp);
+        return -1;
+    }
     close(fd);
+    int rc = link(tmp, path), e = errno;
+    unlink(tmp);
+    free(tmp);
+    if (rc != 0 && e != EEXIST) { /* EEXIST: another process made it meanwhile */
+        errno = e;
+        return -1;
+    }
     return 0;
+}
+
+static int is_busy(int rc)
+{
+    return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+}
+
+static void nap(void)
+{
+    struct timespec ts = {0, 5 * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+#define OPEN_BUSY_NS (INT64_C(60) * 1000000000)
+
+/* For the statements run while opening.  Some of them return SQLITE_BUSY without consulting
+ * the busy handler: journal_mode=WAL while another process converts a fresh workspace, and
+ * the rollback-journal secret store when two connections would deadlock upgrading their
+ * locks.  Retry those for as long as the busy timeout would have waited. */
+static ctarget_status exec_patiently(store *st, const char *sql, ctarget_error *err)
+{
+    int64_t deadline = time_mono_ns() + OPEN_BUSY_NS;
+    for (;;) {
+        int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            return CTARGET_OK;
+        if (!is_busy(rc) || time_mono_ns() > deadline)
+            return store_fail(st, err, "statement failed");
+        nap();
+    }
 }
 
 static int read_user_version(sqlite3 *db)
 {
-    sqlite3_stmt *s;
-    int v = -1;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK) {
-        if (sqlite3_step(s) == SQLITE_ROW)
-            v = sqlite3_column_int(s, 0);
-        sqlite3_finalize(s);
+    int64_t deadline = time_mono_ns() + OPEN_BUSY_NS;
+    for (;;) {
+        sqlite3_stmt *s;
+        int v = -1, rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL);
+        if (rc == SQLITE_OK) {
+            if ((rc = sqlite3_step(s)) == SQLITE_ROW)
+                v = sqlite3_column_int(s, 0);
+            sqlite3_finalize(s);
+        }
+        if (v >= 0 || !is_busy(rc) || time_mono_ns() > deadline)
+            return v;
+        nap();
     }
-    return v;
 }
 
 static ctarget_status migrate(store *st, int target, ctarget_error *err)
@@ -293,28 +352,28 @@ static ctarget_status open_impl(const char *dir, int version, store **out, ctarg
     sqlite3_extended_result_codes(st->db, 1);
     /* journal_mode=WAL needs a brief exclusive lock the first time; the busy timeout covers
      * processes that race to open a fresh workspace. */
-    if ((rc = store_exec(st, "PRAGMA journal_mode=WAL", err)) ||
-        (rc = store_exec(st, "PRAGMA synchronous=NORMAL", err)) ||
-        (rc = store_exec(st, "PRAGMA foreign_keys=ON", err)) ||
-        (rc = store_exec(st, "PRAGMA temp_store=MEMORY", err)))
+    if ((rc = exec_patiently(st, "PRAGMA journal_mode=WAL", err)) ||
+        (rc = exec_patiently(st, "PRAGMA synchronous=NORMAL", err)) ||
+        (rc = exec_patiently(st, "PRAGMA foreign_keys=ON", err)) ||
+        (rc = exec_patiently(st, "PRAGMA temp_store=MEMORY", err)))
         goto out;
     {
         char *sql = sqlite3_mprintf("ATTACH DATABASE %Q AS sec", secpath);
-        rc = store_exec(st, sql, err);
+        rc = exec_patiently(st, sql, err);
         sqlite3_free(sql);
         if (rc)
             goto out;
     }
-    if ((rc = store_exec(st, "PRAGMA sec.journal_mode=DELETE", err)) ||
-        (rc = store_exec(st, "PRAGMA sec.secure_delete=ON", err)) ||
-        (rc = store_exec(st, "PRAGMA sec.synchronous=FULL", err)))
+    if ((rc = exec_patiently(st, "PRAGMA sec.journal_mode=DELETE", err)) ||
+        (rc = exec_patiently(st, "PRAGMA sec.secure_delete=ON", err)) ||
+        (rc = exec_patiently(st, "PRAGMA sec.synchronous=FULL", err)))
         goto out;
     if (read_user_version(st->db) < 0) {
         rc = store_fail(st, err, "workspace.db is not a readable SQLite database");
         goto out;
     }
     /* the secret table is not versioned with the main schema: it never changes shape */
-    if ((rc = store_exec(st,
+    if ((rc = exec_patiently(st,
                          "CREATE TABLE IF NOT EXISTS sec.secrets("
                          " target TEXT NOT NULL COLLATE NOCASE, key TEXT NOT NULL,"
                          " value BLOB NOT NULL, PRIMARY KEY(target, key))",
