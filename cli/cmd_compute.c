@@ -235,10 +235,13 @@ static int value_from(cli *c, const char *key, const char *raw, settings *s, con
 static int load_config_file(cli *c, const char *path, settings *s)
 {
     json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
+    json_t *j = json_load_file(path, JSON_DECODE_ANY, &je); /* non-objects: below */
     if (!j) {
-        fprintf(stderr, "ctarget: error: --config %s: %s (line %d): fix the JSON\n", path,
-                je.text, je.line);
+        if (je.line < 1) /* not a syntax error: the file could not be read */
+            fprintf(stderr, "ctarget: error: --config %s: %s\n", path, je.text);
+        else
+            fprintf(stderr, "ctarget: error: --config %s: %s (line %d): fix the JSON\n", path,
+                    je.text, je.line);
         return CTARGET_E_CONFIG;
     }
     if (!json_is_object(j)) {

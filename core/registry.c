@@ -158,10 +158,13 @@ ctarget_status reg_load(ctarget_ws *ws, const char *name, int need_plugin, reg_t
 json_t *reg_render(const reg_target *rt)
 {
     json_t *r = rt->rec;
-    json_t *cfg = json_deep_copy(json_object_get(r, "config"));
+    /* the handle holds the current settings (new on create/attach, changed by update) */
+    json_t *src = rt->t ? rt->t->config : json_object_get(r, "config");
+    json_t *refs = rt->t ? rt->t->secret_refs : json_object_get(r, "secret_refs");
+    json_t *cfg = src ? json_deep_copy(src) : json_object();
     const char *k;
     json_t *v;
-    json_object_foreach(json_object_get(r, "secret_refs"), k, v) {
+    json_object_foreach(refs, k, v) {
         const char *ref = json_string_value(v);
         json_object_set_new(cfg, k, json_string(ref && strcmp(ref, "store") ? ref : "********"));
     }

@@ -2,7 +2,8 @@
  * tests: address|resource_id alternatives, host+port identity, password|key exclusive
  * secrets, AKS-like 2-16 character names.  attach() "logs in" by comparing the password
  * with expected_password, and on failure quotes the password back in its error message on
- * purpose: the core must redact it. */
+ * purpose: the core must redact it.  status() logs in again and reports details.login
+ * (accepted/rejected), so a secret reference is seen resolved at each use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,19 @@ static ctarget_status ts_status(void *p, ctarget_call *c, ctarget_target *t,
     st->provisioning_state = CTARGET_PROV_SUCCEEDED;
     snprintf(st->state, sizeof st->state, "Reachable");
     H->obj_set_str(details, "address", H->config_get0(t, "address"));
+    /* "logs in" again, so tests can see a secret reference resolved at each use */
+    const char *want = H->config_get0(t, "expected_password");
+    if (want) {
+        char *pw = NULL;
+        ctarget_error e = {.struct_size = sizeof e};
+        const char *login = "no password";
+        if (H->secret_get1(t, "password", &pw, &e) == CTARGET_OK)
+            login = strcmp(want, pw) ? "rejected" : "accepted";
+        else if (e.code != CTARGET_E_NOT_FOUND)
+            login = "password unavailable";
+        H->secret_free(pw);
+        H->obj_set_str(details, "login", login);
+    }
     return CTARGET_OK;
 }
 
