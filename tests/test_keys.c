@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <ctarget/ctarget.h>
 
@@ -57,6 +58,18 @@ static const name_row names[] = {
     {"abcdefghijklmnopqrstuvwxy", 0, 0}, /* 25 */
     {"cpu-cluster-2024-a", 1, 0},
     {"cpu-cluster-2024", 0, 0},
+    {"x-1-y", 1, 1},                     /* the last '-' is followed by a letter */
+    {"a-b-1", 0, 0},
+    {"AB", 0, 1},
+    {"a1-", 0, 0},
+    {"ab\tc", 0, 0},
+    {"ab\nc", 0, 0},
+    {"ab/c", 0, 0},
+    {"abc ", 0, 0},
+    {"Z9", 0, 1},
+    {"9Z", 0, 0},
+    {"--", 0, 0},
+    {"a----------------------b", 1, 0},  /* 24 */
 };
 
 static void t_name_rules_table(void)
@@ -270,6 +283,170 @@ static void t_identity_tuples_with_defaults_case_insensitive(void)
     json_decref(cfg);
 }
 
+static void t_name_error_states_the_rule(void)
+{
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_check_name(get("testcloud"), "1abc", &err), CTARGET_E_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "'1abc'"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "start"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "3-24"));
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_check_name(get("testssh"), "abcdefghijklmnopq", &err),
+                    CTARGET_E_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "2-16"));
+}
+
+static void t_unknown_key_without_close_match_lists_valid_keys(void)
+{
+    ctarget_setting s[] = {S("completely_unrelated", "1")};
+    expect_config_error("testaci", CTARGET_VERB_CREATE, s, 1, "valid settings: cpu_cores, "
+                        "memory_gb, region");
+}
+
+static void t_failed_apply_leaves_config_untouched(void)
+{
+    ctarget_setting s[] = {S("cloud_dir", "/tmp"), S("vm_size", "D2"), S("max_nodes", "4")};
+    applied a = apply("testcloud", CTARGET_VERB_CREATE, "created", s, 3);
+    CU_ASSERT_EQUAL_FATAL(a.rc, CTARGET_OK);
+    json_t *before = json_deep_copy(a.config);
+    /* the first setting is fine, the second is not: neither is applied */
+    ctarget_setting u[] = {S("min_nodes", "2"), S("max_nodes", "many"),
+                           S("admin_password", "Pw-12345678")};
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_apply(get("testcloud"), CTARGET_VERB_UPDATE, "created", u, 3, a.config,
+                               a.refs, a.pending, &err), CTARGET_E_CONFIG);
+    CU_ASSERT(json_equal(before, a.config));
+    CU_ASSERT_EQUAL(json_object_size(a.refs), 0);
+    CU_ASSERT_EQUAL(json_object_size(a.pending), 0);
+    json_decref(before);
+    applied_free(&a);
+}
+
+static void t_values_stored_in_canonical_form(void)
+{
+    char *dir = tl_tmpdir("keys");
+    char *key = tl_path(dir, "id_test");
+    tl_write_file(key, "k\n");
+    char *cwd = getcwd(NULL, 0);
+    CU_ASSERT_EQUAL_FATAL(chdir(dir), 0);
+    ctarget_setting s[] = {S("cloud_dir", "/tmp"), S("vm_priority", "DEDICATED"),
+                           S("ssh_public_access", "On"), S("fail_provisioning", "0"),
+                           S("tags", " a , b ,, c "), S("max_nodes", "+7"),
+                           S("low_priority_ratio", "0.5")};
+    applied a = apply("testcloud", CTARGET_VERB_CREATE, "created", s, 7);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.config, "vm_priority")),
+                           "dedicated");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.config, "ssh_public_access")),
+                           "true");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.config, "fail_provisioning")),
+                           "false");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.config, "tags")), "a,b,c");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.config, "max_nodes")), "7");
+    applied_free(&a);
+    /* a relative path is stored absolute: later commands run from other directories */
+    ctarget_setting p[] = {S("address", "h"), S("username", "u"),
+                           S("private_key_file", "id_test")};
+    a = apply("testssh", CTARGET_VERB_ATTACH, "attached", p, 3);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    const char *stored = json_string_value(json_object_get(a.config, "private_key_file"));
+    CU_ASSERT(stored && stored[0] == '/' && strstr(stored, "/id_test"));
+    applied_free(&a);
+    /* so is a file: reference */
+    ctarget_setting f[] = {S("address", "h"), S("username", "u"), S("password", "file:id_test")};
+    a = apply("testssh", CTARGET_VERB_ATTACH, "attached", f, 3);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    const char *ref = json_string_value(json_object_get(a.refs, "password"));
+    CU_ASSERT(ref && !strncmp(ref, "file:/", 6) && strstr(ref, "/id_test"));
+    applied_free(&a);
+    CU_ASSERT_EQUAL(chdir(cwd), 0);
+    free(cwd);
+    free(key);
+    free(dir);
+}
+
+static void t_bad_secret_references_refused(void)
+{
+    ctarget_setting e[] = {S("address", "h"), S("username", "u"), S("password", "env:9LIVES")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, e, 3, "environment variable");
+    ctarget_setting e2[] = {S("address", "h"), S("username", "u"), S("password", "env:")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, e2, 3, "password");
+    ctarget_setting f[] = {S("address", "h"), S("username", "u"), S("password", "file:")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, f, 3, "needs a path");
+    ctarget_setting f2[] = {S("address", "h"), S("username", "u"),
+                            S("password", "file:/nonexistent/pw")};
+    expect_config_error("testssh", CTARGET_VERB_ATTACH, f2, 3, "/nonexistent/pw");
+}
+
+static void t_control_characters_refused_in_strings(void)
+{
+    ctarget_setting s[] = {S("cloud_dir", "/tmp"), S("vm_size", "D2\nmax_nodes=9")};
+    expect_config_error("testcloud", CTARGET_VERB_CREATE, s, 2, "control character");
+}
+
+static void t_update_follows_how_the_target_was_added(void)
+{
+    /* created: create-only keys may change, attach-only ones may not */
+    ctarget_setting c[] = {S("max_nodes", "8")};
+    applied a = apply("testcloud", CTARGET_VERB_UPDATE, "created", c, 1);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    applied_free(&a);
+    ctarget_setting r[] = {S("resource_id", "/x")};
+    a = apply("testcloud", CTARGET_VERB_UPDATE, "created", r, 1);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_E_CONFIG);
+    applied_free(&a);
+    /* attached: the other way round */
+    a = apply("testcloud", CTARGET_VERB_UPDATE, "attached", c, 1);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_E_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.err.message, "max_nodes"));
+    applied_free(&a);
+    a = apply("testcloud", CTARGET_VERB_UPDATE, "attached", r, 1);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    applied_free(&a);
+    /* unsetting a key the target needs is caught by the required check */
+    ctarget_setting s[] = {S("cloud_dir", "/tmp"), S("vm_size", "D2"), S("max_nodes", "4")};
+    a = apply("testcloud", CTARGET_VERB_CREATE, "created", s, 3);
+    ctarget_setting u[] = {S("max_nodes", "")};
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_apply(get("testcloud"), CTARGET_VERB_UPDATE, "created", u, 1, a.config,
+                               a.refs, a.pending, &err), CTARGET_OK);
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_check_required(get("testcloud"), CTARGET_VERB_UPDATE, "created",
+                                        a.config, a.refs, a.pending, &err), CTARGET_E_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "max_nodes"));
+    applied_free(&a);
+}
+
+static void t_defaults_satisfy_required_but_not_groups(void)
+{
+    /* testaci's region is required and has no default; cpu_cores has one */
+    ctarget_setting none[] = {S("cpu_cores", "2")};
+    expect_config_error("testaci", CTARGET_VERB_CREATE, none, 1, "region");
+    /* resource_id alone satisfies the address|resource_id group and has its own identity */
+    ctarget_setting s[] = {S("resource_id", "/Subs/1/VM"), S("username", "u"),
+                           S("password", "env:PW")};
+    applied a = apply("testssh", CTARGET_VERB_ATTACH, "attached", s, 3);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL(keys_check_required(get("testssh"), CTARGET_VERB_ATTACH, "attached",
+                                        a.config, a.refs, a.pending, &err), CTARGET_OK);
+    json_t *ids = keys_identities(get("testssh"), a.config);
+    CU_ASSERT_EQUAL(json_array_size(ids), 1);
+    const char *id = json_string_value(json_array_get(ids, 0));
+    CU_ASSERT_STRING_EQUAL(id ? id : "", "resource_id=/subs/1/vm");
+    json_decref(ids);
+    /* both given: two identities, either one collides */
+    json_object_set_new(a.config, "address", json_string("Host"));
+    ids = keys_identities(get("testssh"), a.config);
+    CU_ASSERT_EQUAL(json_array_size(ids), 2);
+    json_decref(ids);
+    applied_free(&a);
+}
+
 static void add(CU_pSuite s)
 {
     TL_ADD(s, t_name_rules_table);
@@ -283,6 +460,14 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_secrets_go_to_pending_or_refs_never_config);
     TL_ADD(s, t_empty_value_unsets);
     TL_ADD(s, t_identity_tuples_with_defaults_case_insensitive);
+    TL_ADD(s, t_name_error_states_the_rule);
+    TL_ADD(s, t_unknown_key_without_close_match_lists_valid_keys);
+    TL_ADD(s, t_failed_apply_leaves_config_untouched);
+    TL_ADD(s, t_values_stored_in_canonical_form);
+    TL_ADD(s, t_bad_secret_references_refused);
+    TL_ADD(s, t_control_characters_refused_in_strings);
+    TL_ADD(s, t_update_follows_how_the_target_was_added);
+    TL_ADD(s, t_defaults_satisfy_required_but_not_groups);
 }
 
 int main(int argc, char **argv)
