@@ -2,7 +2,13 @@
  * so backends do not each reinvent them (TARGETS.md: "retry policy in the core"). */
 #include "config.h"
 
+/* libcurl is loaded when the first request is made, not linked: it brings some thirty
+ * shared libraries, and most ctarget commands (runs on the local target, snapshots) never
+ * speak HTTP; linking it cost every process several milliseconds of start-up. */
+#define CURL_DISABLE_TYPECHECK 1
 #include <curl/curl.h>
+#include <dlfcn.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +18,35 @@
 #include "log.h"
 #include "util.h"
 
+#define LIBCURL_SONAME "libcurl.so.4"
+
+static struct libcurl {
+    CURLcode (*global_init)(long);
+    CURL *(*easy_init)(void);
+    CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+    CURLcode (*easy_perform)(CURL *);
+    CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+    void (*easy_cleanup)(CURL *);
+    const char *(*easy_strerror)(CURLcode);
+    struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
+    void (*slist_free_all)(struct curl_slist *);
+    time_t (*getdate)(const char *, const time_t *);
+    char error[256];    /* why it could not be loaded; "" once loaded */
+} lc;
+
+#define curl_global_init lc.global_init
+#define curl_easy_init lc.easy_init
+#undef curl_easy_setopt
+#define curl_easy_setopt lc.easy_setopt
+#define curl_easy_perform lc.easy_perform
+#undef curl_easy_getinfo
+#define curl_easy_getinfo lc.easy_getinfo
+#define curl_easy_cleanup lc.easy_cleanup
+#define curl_easy_strerror lc.easy_strerror
+#define curl_slist_append lc.slist_append
+#define curl_slist_free_all lc.slist_free_all
+#define curl_getdate lc.getdate
+
 typedef struct http_resp_impl {
     ctarget_http_response pub;   /* first: the plugin sees only this */
     char **headers;              /* "Name: value" of the final response */
@@ -20,9 +55,39 @@ typedef struct http_resp_impl {
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 
+/* dlsym returns void *; going through memcpy keeps the conversion to a function pointer
+ * within what ISO C allows (POSIX guarantees the representation). */
+#define LOAD(field, name)                                                                  \
+    do {                                                                                   \
+        void *sym = dlsym(dl, name);                                                       \
+        if (!sym) {                                                                        \
+            snprintf(lc.error, sizeof lc.error, "%s lacks %s", LIBCURL_SONAME, name);      \
+            return;                                                                        \
+        }                                                                                  \
+        memcpy(&lc.field, &sym, sizeof sym);                                               \
+    } while (0)
+
 static void curl_setup(void)
 {
+    void *dl = dlopen(LIBCURL_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        const char *e = dlerror();
+        snprintf(lc.error, sizeof lc.error, "cannot load %s (%s): install libcurl4",
+                 LIBCURL_SONAME, e ? e : "unknown error");
+        return;
+    }
+    LOAD(global_init, "curl_global_init");
+    LOAD(easy_init, "curl_easy_init");
+    LOAD(easy_setopt, "curl_easy_setopt");
+    LOAD(easy_perform, "curl_easy_perform");
+    LOAD(easy_getinfo, "curl_easy_getinfo");
+    LOAD(easy_cleanup, "curl_easy_cleanup");
+    LOAD(easy_strerror, "curl_easy_strerror");
+    LOAD(slist_append, "curl_slist_append");
+    LOAD(slist_free_all, "curl_slist_free_all");
+    LOAD(getdate, "curl_getdate");
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    /* never dlclose: libcurl keeps global state for the life of the process */
 }
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
@@ -212,6 +277,11 @@ ctarget_status http_request(ctarget_call *call, const ctarget_http_request *req,
         return CTARGET_E_USAGE;
     }
     pthread_once(&curl_once, curl_setup);
+    if (!lc.easy_init || !lc.getdate) {
+        ct_err(err, CTARGET_E_UNSUPPORTED, "HTTP is not available: %s",
+               lc.error[0] ? lc.error : "libcurl did not load");
+        return CTARGET_E_UNSUPPORTED;
+    }
     const char *m = req->method;
     int idempotent = !strcmp(m, "GET") || !strcmp(m, "HEAD") || !strcmp(m, "PUT") ||
                      !strcmp(m, "DELETE") || !strcmp(m, "OPTIONS") ||
