@@ -229,21 +229,6 @@ ctarget_status blob_tmp_commit(const char *root, const char *sha, blob_tmp *t, i
     return rc;
 }
 
-static int write_all(int fd, const void *data, size_t len)
-{
-    const char *p = data;
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 ctarget_status blob_put_mem(const char *root, const char *sha, const void *data, size_t len,
                             int *added, ctarget_error *err)
 {
@@ -262,7 +247,7 @@ ctarget_status blob_put_mem(const char *root, const char *sha, const void *data,
                      root);
         return CTARGET_E_IO;
     }
-    if (write_all(t.fd, data, len) != 0) {
+    if (fd_write_all(t.fd, data, len) != 0) {
         ct_err_errno(err, CTARGET_E_IO, errno, "blob store %s: cannot write a blob", root);
         blob_tmp_discard(&t);
         return CTARGET_E_IO;

@@ -16,25 +16,10 @@
 #include "util.h"
 #include "ws.h"
 
-static int write_all(int fd, const void *data, size_t len)
-{
-    const char *p = data;
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static int log_out(void *arg, const void *data, size_t len)
 {
     mon *m = arg;
-    return write_all(m->log_fd, data, len) != 0;
+    return fd_write_all(m->log_fd, data, len) != 0;
 }
 
 static int buf_out(void *arg, const void *data, size_t len)

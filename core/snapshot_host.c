@@ -28,20 +28,6 @@
 
 /* ---- materialize ------------------------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int copy_fd(int src, int dst)
 {
 #ifdef FICLONE
@@ -55,7 +41,7 @@ static int copy_fd(int src, int dst)
         ssize_t n = read(src, buf, BUF);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0 || write_all(dst, buf, (size_t)n) != 0) {
+        if (n <= 0 || fd_write_all(dst, buf, (size_t)n) != 0) {
             rc = n == 0 ? 0 : -1;
             break;
         }

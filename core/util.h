@@ -58,6 +58,8 @@ int mkdir_p(const char *path, mode_t mode);
 char *file_read_all(const char *path, size_t *len);
 /* Write a file atomically: temp file in the same directory, fsync, rename. */
 int file_write_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* write() until done, retrying EINTR; 0, or -1 with errno. */
+int fd_write_all(int fd, const void *data, size_t len);
 int rm_rf(const char *path);
 /* Home directory of the calling user. */
 const char *home_dir(void);
