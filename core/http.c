@@ -211,6 +211,8 @@ static char *url_for_humans(const char *url)
     return q ? xasprintf("%.*s?...", (int)(q - url), url) : xstrdup(url);
 }
 
+static int transient_curl(CURLcode cc);
+
 static ctarget_status curl_failure(CURLcode cc, const char *method, const char *shown,
                                    const char *detail, int attempts, ctarget_error *err)
 {
@@ -242,7 +244,8 @@ static ctarget_status curl_failure(CURLcode cc, const char *method, const char *
     }
     ct_err(err, code, "%s %s failed after %d attempt%s: %s", method, shown, attempts,
            attempts == 1 ? "" : "s", why);
-    err->transient = 1;
+    /* a malformed URL or an unsupported feature will fail the same way next time */
+    err->transient = transient_curl(cc) || code == CTARGET_E_UNREACHABLE;
     return code;
 }
 
