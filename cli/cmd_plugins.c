@@ -12,7 +12,8 @@ static const char help[] =
     "List every compute-target plugin found in the plugin path, loaded or refused.\n"
     "The path is $CTARGET_PLUGIN_PATH (colon-separated directories), then the\n"
     "installed plugin directory ($CTARGET_PLUGINDIR overrides it). A refused plugin\n"
-    "is listed with the reason; it never stops the others from loading.\n"
+    "is listed, and its reason printed on stderr; it never stops the others from\n"
+    "loading.\n"
     "\n"
     "JSON: a list of objects with name, version, abi, path, status (loaded|refused),\n"
     "reason, capabilities, description, license.\n";
@@ -58,9 +59,14 @@ int cmd_plugins(cli *c, int argc, char **argv)
             out_table(rows, cols, sizeof cols / sizeof cols[0]);
             size_t i;
             json_t *r;
-            json_array_foreach(rows, i, r) if (json_string_value(json_object_get(r, "reason")))
-                printf("refused %s: %s\n", json_string_value(json_object_get(r, "path")),
-                       json_string_value(json_object_get(r, "reason")));
+            /* diagnostics, one line per refusal naming the file: stderr, so the table on
+             * stdout stays parseable; -q leaves only the table's "refused" status */
+            fflush(stdout);
+            json_array_foreach(rows, i, r) if (!c->quiet &&
+                                               json_string_value(json_object_get(r, "reason")))
+                fprintf(stderr, "ctarget: warning: refused %s: %s\n",
+                        json_string_value(json_object_get(r, "path")),
+                        json_string_value(json_object_get(r, "reason")));
         }
         json_decref(rows);
     }
