@@ -17,6 +17,7 @@ static void expect_help(const char *const args[])
                 args[1] && args[2] ? args[2] : "");
     TL_ASSERT_EXIT(r, 0);
     CU_ASSERT(tl_contains(r.out, "usage: ctarget"));
+    CU_ASSERT_STRING_EQUAL(r.err, ""); /* help is output, not a diagnostic */
     tl_result_free(&r);
 }
 
@@ -72,6 +73,17 @@ static void t_usage_errors_exit_2_in_one_line(void)
     expect_usage_error(d, "explode");
     const char *e[] = {"plugins", "--output", "yaml", NULL};
     expect_usage_error(e, "yaml");
+    const char *e2[] = {"compute", "list", "-o", "yaml", NULL};
+    expect_usage_error(e2, "yaml");
+    const char *e3[] = {"compute", "status", "local", "--output", "yaml", NULL};
+    expect_usage_error(e3, "yaml");
+    const char *e4[] = {"compute", "attach", "vm1", "--type", "testssh", "--frob", NULL};
+    expect_usage_error(e4, "--frob");
+    const char *none[] = {NULL};
+    tl_result n = tl_ctarget_run(NULL, NULL, NULL, none);
+    TL_ASSERT_EXIT(n, 2);
+    CU_ASSERT(tl_contains(n.out, "usage: ctarget") || tl_contains(n.err, "usage: ctarget"));
+    tl_result_free(&n);
     const char *f[] = {"compute", "show", NULL};
     tl_result r = tl_ctarget_run(NULL, NULL, NULL, f);
     TL_ASSERT_EXIT(r, 2);
@@ -185,6 +197,17 @@ static void t_quiet_silences_progress_and_warnings(void)
     TL_ASSERT_EXIT(r, 0);
     CU_ASSERT(tl_contains(r.err, "warning")); /* the same, without -q, warns */
     tl_result_free(&r);
+    /* -q keeps errors */
+    r = TL_CT(ws, "-q", "compute", "show", "nothere");
+    TL_ASSERT_EXIT(r, 4);
+    CU_ASSERT(tl_contains(r.err, "ctarget: error: ") && tl_contains(r.err, "nothere"));
+    tl_result_free(&r);
+    /* and the same position after the command works too */
+    r = TL_CT(ws, "compute", "attach", "vm3", "-q", "--type", "testssh", "--set",
+              "address=10.9.9.7", "--set", "username=u", "--set", "password=pw-12345");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT_STRING_EQUAL(r.err, "");
+    tl_result_free(&r);
     free(ws);
 }
 
@@ -245,6 +268,152 @@ static void t_local_reports_cpus_memory_gpus(void)
     free(ws);
 }
 
+/* Every directory under dir is 0700 and every file 0600. */
+static void check_modes(const char *dir)
+{
+    const char *argv[] = {"find", dir, "-printf", "%m %y %p\n", NULL};
+    tl_result r = tl_exec(argv, NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    int files = 0;
+    for (char *l = r.out; l && *l;) {
+        char *nl = strchr(l, '\n');
+        if (nl)
+            *nl = '\0';
+        unsigned mode = 0;
+        char type = 0;
+        if (sscanf(l, "%o %c", &mode, &type) == 2) {
+            if (type == 'd' && mode != 0700)
+                fprintf(stderr, "directory not 0700: %s\n", l);
+            if (type == 'f' && mode != 0600)
+                fprintf(stderr, "file not 0600: %s\n", l);
+            CU_ASSERT(type != 'd' || mode == 0700);
+            CU_ASSERT(type != 'f' || mode == 0600);
+            files += type == 'f';
+        }
+        l = nl ? nl + 1 : NULL;
+    }
+    CU_ASSERT(files >= 2);
+    tl_result_free(&r);
+}
+
+static void t_workspace_flag_honoured_and_everything_private(void)
+{
+    char *top = tl_tmpdir("wsflag");
+    char *ws = tl_path(top, "a/b/ws");
+    char *envws = tl_path(top, "from-env");
+    char *wenv = NULL;
+    if (asprintf(&wenv, "CTARGET_WORKSPACE=%s", envws) < 0)
+        abort();
+    const char *env[] = {wenv, NULL};
+    /* a permissive umask must not leak into the workspace */
+    const char *argv[] = {"sh", "-c", "umask 000 && exec \"$0\" \"$@\"", tl_ctarget(),
+                          "--workspace", ws, "compute", "attach", "vm1", "--type", "testssh",
+                          "--set", "address=10.1.2.3", "--set", "username=u",
+                          "--set", "password=pw-123456", NULL};
+    tl_result r = tl_exec(argv, NULL, env);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    struct stat st;
+    char *db = tl_path(ws, "workspace.db");
+    CU_ASSERT_EQUAL(stat(db, &st), 0);
+    CU_ASSERT_NOT_EQUAL(stat(envws, &st), 0); /* --workspace beats CTARGET_WORKSPACE */
+    check_modes(ws);
+    /* and the target is there, not in the environment's workspace */
+    r = tl_ctarget_run(ws, NULL, NULL, (const char *const[]){"compute", "show", "vm1", NULL});
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = tl_ctarget_run(NULL, NULL, env, (const char *const[]){"compute", "show", "vm1", NULL});
+    TL_ASSERT_EXIT(r, 4);
+    tl_result_free(&r);
+    free(db), free(wenv), free(envws), free(ws), free(top);
+}
+
+static char *fake_tool_dir(const char *name, const char *script)
+{
+    char *d = tl_tmpdir("bin");
+    char *f = tl_path(d, name);
+    tl_write_file(f, script);
+    chmod(f, 0755);
+    free(f);
+    return d;
+}
+
+static char *path_with(const char *dir)
+{
+    char *p = NULL;
+    if (asprintf(&p, "PATH=%s:%s", dir, getenv("PATH")) < 0)
+        abort();
+    return p;
+}
+
+static void t_local_reports_gpus_from_nvidia_smi(void)
+{
+    char *bin = fake_tool_dir("nvidia-smi",
+                              "#!/bin/sh\n"
+                              "case \"$*\" in *--query-gpu=name,memory.total,driver_version*)\n"
+                              "printf 'NVIDIA A100-SXM4-40GB, 40960, 535.104.05\\n"
+                              "Tesla T4, 15360, 535.104.05\\n';;\n"
+                              "*) exit 9;; esac\n");
+    char *path = path_with(bin);
+    char *ws = tl_tmpdir("ws");
+    const char *env[] = {path, NULL};
+    const char *args[] = {"compute", "show", "local", "--output", "json", NULL};
+    tl_result r = tl_ctarget_run(ws, NULL, env, args);
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    json_t *f = json_object_get(j, "facts");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(f, "gpu_count")), 2);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(f, "gpu_detection")), "ok");
+    json_t *g = json_array_get(json_object_get(f, "gpus"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(g, "name")),
+                           "NVIDIA A100-SXM4-40GB");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(g, "memory_mib")), 40960);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(g, "driver")), "535.104.05");
+    g = json_array_get(json_object_get(f, "gpus"), 1);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(g, "name")), "Tesla T4");
+    json_decref(j);
+    tl_result_free(&r);
+    free(ws), free(path), free(bin);
+}
+
+static void t_local_show_survives_a_hanging_nvidia_smi(void)
+{
+    char *bin = fake_tool_dir("nvidia-smi", "#!/bin/sh\nexec sleep 30\n");
+    char *path = path_with(bin);
+    char *ws = tl_tmpdir("ws");
+    const char *env[] = {path, NULL};
+    const char *args[] = {"compute", "show", "local", "--output", "json", NULL};
+    long long t0 = tl_now_ms();
+    tl_result r = tl_ctarget_run(ws, NULL, env, args);
+    long long ms = tl_now_ms() - t0;
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(ms < 20000);
+    json_t *j = tl_json(&r);
+    json_t *f = json_object_get(j, "facts");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(f, "cpus")), sysconf(_SC_NPROCESSORS_ONLN));
+    CU_ASSERT(json_is_integer(json_object_get(f, "gpu_count")));
+    json_decref(j);
+    tl_result_free(&r);
+    free(ws), free(path), free(bin);
+}
+
+static void t_table_output_of_local(void)
+{
+    char *ws = tl_tmpdir("ws");
+    tl_result r = TL_CT(ws, "compute", "show", "local");
+    TL_ASSERT_EXIT(r, 0);
+    const char *line = strstr(r.out, "\n  cpus:");
+    long cpus = -1;
+    CU_ASSERT_PTR_NOT_NULL(line);
+    if (line)
+        cpus = strtol(line + strlen("\n  cpus:"), NULL, 10);
+    CU_ASSERT_EQUAL(cpus, sysconf(_SC_NPROCESSORS_ONLN));
+    CU_ASSERT(tl_contains(r.out, "local"));
+    CU_ASSERT(tl_contains(r.out, "gpu_count"));
+    tl_result_free(&r);
+    free(ws);
+}
+
 static void add(CU_pSuite s)
 {
     TL_ADD(s, t_help_on_every_command);
@@ -256,6 +425,10 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_quiet_silences_progress_and_warnings);
     TL_ADD(s, t_documented_exit_codes);
     TL_ADD(s, t_local_reports_cpus_memory_gpus);
+    TL_ADD(s, t_workspace_flag_honoured_and_everything_private);
+    TL_ADD(s, t_local_reports_gpus_from_nvidia_smi);
+    TL_ADD(s, t_local_show_survives_a_hanging_nvidia_smi);
+    TL_ADD(s, t_table_output_of_local);
 }
 
 int main(int argc, char **argv)

@@ -75,23 +75,29 @@ typedef struct res {
     long long ms;
 } res;
 
-static res request(const char *method, const char *url, const char *body, unsigned flags,
-                   int max_attempts, long timeout_ms)
+static res request_in(ctarget_call *call, const char *method, const char *url,
+                      const char *body, unsigned flags, int max_attempts, long timeout_ms)
 {
     res r;
     ctarget_error_init(&r.err);
     r.resp = NULL;
-    ctarget_call call;
-    call_init(&call, "test");
     const char *headers[] = {"X-Test: hello", NULL};
     ctarget_http_request req = {.struct_size = sizeof req, .method = method, .url = url,
                                 .headers = headers, .body = body,
                                 .body_len = body ? strlen(body) : 0, .flags = flags,
                                 .max_attempts = max_attempts, .timeout_ms = timeout_ms};
     long long t0 = tl_now_ms();
-    r.rc = http_request(&call, &req, &r.resp, &r.err);
+    r.rc = http_request(call, &req, &r.resp, &r.err);
     r.ms = tl_now_ms() - t0;
     return r;
+}
+
+static res request(const char *method, const char *url, const char *body, unsigned flags,
+                   int max_attempts, long timeout_ms)
+{
+    ctarget_call call;
+    call_init(&call, "test");
+    return request_in(&call, method, url, body, flags, max_attempts, timeout_ms);
 }
 
 static void res_free(res *r)
@@ -165,14 +171,16 @@ static void t_retries_5xx_and_429_then_succeeds(void)
 {
     need_server();
     const char *cases[][2] = {{"/fail/a503/2/503", "a503"}, {"/fail/a500/2/500", "a500"},
-                              {"/fail/a429/2/429", "a429"}};
-    for (size_t i = 0; i < 3; i++) {
+                              {"/fail/a429/2/429", "a429"}, {"/fail/a408/2/408", "a408"},
+                              {"/fail/a502/2/502", "a502"}, {"/fail/a504/2/504", "a504"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *u = url(&srv, "http", cases[i][0]);
         res r = request("GET", u, NULL, 0, 5, 0);
         CU_ASSERT_EQUAL_FATAL(r.rc, CTARGET_OK);
         CU_ASSERT_EQUAL(r.resp->status, 200);
         CU_ASSERT_EQUAL(r.resp->attempts, 3);
         CU_ASSERT_EQUAL(count(&srv, cases[i][1]), 3);
+        CU_ASSERT(r.ms < 900); /* backoff only: 20 ms base in tests */
         res_free(&r);
         free(u);
     }
@@ -257,7 +265,14 @@ static void t_timeout_per_attempt(void)
     char *u = url(&srv, "http", "/stall");
     res r = request("GET", u, NULL, 0, 1, 300);
     CU_ASSERT_EQUAL(r.rc, CTARGET_E_TIMEOUT);
-    CU_ASSERT(r.ms < 4000);
+    CU_ASSERT(r.err.transient);
+    CU_ASSERT(r.ms >= 250 && r.ms < 4000);
+    res_free(&r);
+    /* every attempt gets its own timeout */
+    r = request("GET", u, NULL, 0, 2, 300);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_E_TIMEOUT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "2 attempts"));
+    CU_ASSERT(r.ms >= 550 && r.ms < 4500);
     res_free(&r);
     free(u);
 }
@@ -310,6 +325,197 @@ static void t_only_http_urls(void)
     res_free(&r);
 }
 
+static void t_retry_after_date_and_azure_ms_forms(void)
+{
+    need_server();
+    char *u = url(&srv, "http", "/fail/rd/1/503?rad=2");
+    res r = request("GET", u, NULL, 0, 3, 0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->attempts : 0, 2);
+    CU_ASSERT(r.ms >= 950 && r.ms < 4000); /* a date 2 s ahead, to the second */
+    res_free(&r);
+    free(u);
+    u = url(&srv, "http", "/fail/rms/1/429?rams=600");
+    r = request("GET", u, NULL, 0, 3, 0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->attempts : 0, 2);
+    CU_ASSERT(r.ms >= 570 && r.ms < 3000);
+    res_free(&r);
+    free(u);
+}
+
+static void t_default_is_five_attempts(void)
+{
+    need_server();
+    char *u = url(&srv, "http", "/fail/five/100/503");
+    res r = request("GET", u, NULL, 0, 0, 0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->status : 0, 503);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->attempts : 0, 5);
+    CU_ASSERT_EQUAL(count(&srv, "five"), 5);
+    res_free(&r);
+    free(u);
+}
+
+static void t_dropped_connection_retried_only_when_safe(void)
+{
+    need_server();
+    char *u = url(&srv, "http", "/drop/dg/2");
+    res r = request("GET", u, NULL, 0, 5, 0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->status : 0, 200);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->attempts : 0, 3);
+    CU_ASSERT_EQUAL(count(&srv, "dg"), 3);
+    res_free(&r);
+    free(u);
+    /* a POST may have been processed before the connection dropped: not repeated */
+    u = url(&srv, "http", "/drop/dp/1");
+    r = request("POST", u, "order=1", 0, 5, 0);
+    CU_ASSERT_NOT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT_PTR_NULL(r.resp);
+    CU_ASSERT(r.err.transient);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "1 attempt"));
+    CU_ASSERT_EQUAL(count(&srv, "dp"), 1);
+    res_free(&r);
+    free(u);
+}
+
+static void t_post_repeated_after_429_and_503(void)
+{
+    /* 429 and 503 say the request was not processed: repeating a POST is safe */
+    need_server();
+    const char *cases[][2] = {{"/fail/pp503/1/503", "pp503"}, {"/fail/pp429/1/429", "pp429"}};
+    for (size_t i = 0; i < 2; i++) {
+        char *u = url(&srv, "http", cases[i][0]);
+        res r = request("POST", u, "x", 0, 5, 0);
+        CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+        CU_ASSERT_EQUAL(r.resp ? r.resp->status : 0, 200);
+        CU_ASSERT_EQUAL(count(&srv, cases[i][1]), 2);
+        res_free(&r);
+        free(u);
+    }
+}
+
+static void t_no_proxy_bypasses_the_proxy(void)
+{
+    need_server();
+    /* a proxy that refuses connections: any request through it fails */
+    server dead = start_server(0);
+    char *proxy = url(&dead, "http", "");
+    stop_server(&dead);
+    char *u = url(&srv, "http", "/echo");
+    setenv("http_proxy", proxy, 1);
+    unsetenv("NO_PROXY");
+    unsetenv("no_proxy");
+    res r = request("GET", u, NULL, 0, 1, 5000);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_E_UNREACHABLE);
+    res_free(&r);
+    setenv("no_proxy", "localhost,127.0.0.1", 1);
+    r = request("GET", u, NULL, 0, 1, 5000);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT(r.resp && tl_contains(r.resp->body, "\"path\": \"/echo\""));
+    res_free(&r);
+    unsetenv("http_proxy");
+    unsetenv("no_proxy");
+    free(u);
+    free(proxy);
+}
+
+static void t_proxy_gets_method_and_body(void)
+{
+    need_server();
+    char *proxy = url(&srv, "http", "");
+    setenv("http_proxy", proxy, 1);
+    unsetenv("no_proxy");
+    unsetenv("NO_PROXY");
+    res r = request("PUT", "http://store.example.invalid/blob?sig=abc", "data", 0, 1, 5000);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT(r.resp &&
+              tl_contains(r.resp->body, "proxied http://store.example.invalid/blob?sig=abc"));
+    res_free(&r);
+    unsetenv("http_proxy");
+    free(proxy);
+}
+
+static void t_errors_hide_the_query_and_say_if_transient(void)
+{
+    server dead = start_server(0);
+    int port = dead.port;
+    stop_server(&dead);
+    char *u = NULL;
+    if (asprintf(&u, "http://127.0.0.1:%d/c?sv=2024&sig=TOPSECRETSIG", port) < 0)
+        abort();
+    res r = request("PUT", u, "x", 0, 1, 0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_E_UNREACHABLE);
+    CU_ASSERT_PTR_NULL(strstr(r.err.message, "TOPSECRETSIG"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "/c?"));
+    res_free(&r);
+    free(u);
+    /* a URL curl cannot use fails the same way every time: not transient, not repeated */
+    r = request("GET", "http://127.0.0.1:99999/x", NULL, 0, 5, 0);
+    CU_ASSERT_NOT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT(!r.err.transient);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "1 attempt"));
+    res_free(&r);
+}
+
+static void t_headers_case_insensitive_and_head(void)
+{
+    need_server();
+    char *u = url(&srv, "http", "/status/204");
+    res r = request("HEAD", u, NULL, 0, 1, 0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_OK);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->status : 0, 204);
+    CU_ASSERT_EQUAL(r.resp ? r.resp->body_len : 99, 0);
+    res_free(&r);
+    free(u);
+    u = url(&srv, "http", "/echo");
+    r = request("GET", u, NULL, 0, 1, 0);
+    CU_ASSERT_EQUAL_FATAL(r.rc, CTARGET_OK);
+    const char *a = http_header_get0(r.resp, "CONTENT-LENGTH");
+    const char *b = http_header_get0(r.resp, "content-length");
+    CU_ASSERT(a && b && !strcmp(a, b));
+    CU_ASSERT_EQUAL(a ? (size_t)atol(a) : 0, r.resp->body_len);
+    CU_ASSERT_PTR_NULL(http_header_get0(r.resp, "X-Not-There"));
+    res_free(&r);
+    free(u);
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    ctarget_cancel_request();
+}
+
+/* Runs last: the process-wide cancellation flag cannot be cleared. */
+static void t_cancel_stops_before_and_during_waits(void)
+{
+    need_server();
+    ctarget_call call;
+    call_init(&call, "test");
+    call.cancelled = 1;
+    char *u = url(&srv, "http", "/fail/cx/1/503");
+    res r = request_in(&call, "GET", u, NULL, 0, 3, 0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_E_CANCELED);
+    CU_ASSERT_PTR_NULL(r.resp);
+    CU_ASSERT_EQUAL(count(&srv, "cx"), 0);
+    res_free(&r);
+    free(u);
+    /* a cancel (here: SIGALRM, as a user's ^C) during a 30 s Retry-After wait */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_alarm;
+    sigemptyset(&sa.sa_mask);
+    CU_ASSERT_EQUAL_FATAL(sigaction(SIGALRM, &sa, NULL), 0);
+    u = url(&srv, "http", "/fail/cy/5/503?ra=30");
+    alarm(1);
+    r = request("GET", u, NULL, 0, 3, 0);
+    alarm(0);
+    CU_ASSERT_EQUAL(r.rc, CTARGET_E_CANCELED);
+    CU_ASSERT(r.ms >= 900 && r.ms < 5000);
+    res_free(&r);
+    free(u);
+}
+
 static void add(CU_pSuite s)
 {
     TL_ADD(s, t_get_and_put_with_headers_and_body);
@@ -323,6 +529,15 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_tls_verified_and_private_ca_accepted);
     TL_ADD(s, t_proxy_from_environment);
     TL_ADD(s, t_only_http_urls);
+    TL_ADD(s, t_retry_after_date_and_azure_ms_forms);
+    TL_ADD(s, t_default_is_five_attempts);
+    TL_ADD(s, t_dropped_connection_retried_only_when_safe);
+    TL_ADD(s, t_post_repeated_after_429_and_503);
+    TL_ADD(s, t_no_proxy_bypasses_the_proxy);
+    TL_ADD(s, t_proxy_gets_method_and_body);
+    TL_ADD(s, t_errors_hide_the_query_and_say_if_transient);
+    TL_ADD(s, t_headers_case_insensitive_and_head);
+    TL_ADD(s, t_cancel_stops_before_and_during_waits); /* last */
 }
 
 int main(int argc, char **argv)

@@ -51,6 +51,15 @@ static void expect_refused(json_t *list, const char *name, const char *needle)
     json_t *p = find(list, name, NULL);
     CU_ASSERT_PTR_NOT_NULL(p);
     CU_ASSERT_STRING_EQUAL(status_of(p), "refused");
+    /* one line, about the file it names */
+    CU_ASSERT(reason_of(p)[0] != '\0' && !strchr(reason_of(p), '\n'));
+    const char *path = p ? json_string_value(json_object_get(p, "path")) : NULL;
+    char *tail = NULL;
+    if (asprintf(&tail, "/%s.so", name) < 0)
+        abort();
+    CU_ASSERT(path && strlen(path) > strlen(tail) &&
+              !strcmp(path + strlen(path) - strlen(tail), tail));
+    free(tail);
     if (!strstr(reason_of(p), needle))
         fprintf(stderr, "%s: reason '%s' lacks '%s'\n", name, reason_of(p), needle);
     CU_ASSERT_PTR_NOT_NULL(strstr(reason_of(p), needle));
@@ -108,14 +117,49 @@ static void t_json_has_the_documented_fields(void)
     json_decref(list);
 }
 
-static void t_table_prints_one_line_per_refusal(void)
+static size_t count_lines(const char *s, const char *needle)
 {
+    size_t n = 0;
+    for (const char *l = s; l && *l;) {
+        const char *e = strchr(l, '\n');
+        size_t len = e ? (size_t)(e - l) : strlen(l);
+        char *line = strndup(l, len);
+        n += strstr(line, needle) != NULL;
+        free(line);
+        l = e ? e + 1 : NULL;
+    }
+    return n;
+}
+
+static void t_table_lists_refused_and_reasons_go_to_stderr(void)
+{
+    json_t *list = plugins_json(NULL);
+    size_t refused = 0, i;
+    json_t *p;
+    json_array_foreach(list, i, p) refused += !strcmp(status_of(p), "refused");
+    json_decref(list);
+    CU_ASSERT(refused >= 9);
+
     tl_result r = TL_CT(NULL, "plugins");
     TL_ASSERT_EXIT(r, 0);
+    /* stdout: the table, good and bad rows alike, without the diagnostics */
     CU_ASSERT(tl_contains(r.out, "testcloud"));
-    CU_ASSERT(tl_contains(r.out, "noslot.so: missing mandatory slot compute.status\n"));
-    CU_ASSERT(tl_contains(r.out, "needsdep.so: dlopen failed"));
-    CU_ASSERT(!tl_contains(r.out, "testcloud.so: "));
+    CU_ASSERT(tl_contains(r.out, "noslot"));
+    CU_ASSERT_EQUAL(count_lines(r.out, "refused"), refused);
+    CU_ASSERT(!tl_contains(r.out, "compute.status"));
+    /* stderr: one line per refusal, naming the file and the reason */
+    CU_ASSERT_EQUAL(count_lines(r.err, "refused"), refused);
+    CU_ASSERT_EQUAL(count_lines(r.err, ""), refused); /* nothing else on stderr */
+    CU_ASSERT(tl_contains(r.err, "/noslot.so: missing mandatory slot compute.status\n"));
+    CU_ASSERT(tl_contains(r.err, "/needsdep.so: dlopen failed"));
+    CU_ASSERT(tl_contains(r.err, "/wrongmajor.so: built for ABI 2"));
+    CU_ASSERT(!tl_contains(r.err, "testcloud.so"));
+    tl_result_free(&r);
+    /* -q: the table alone */
+    r = TL_CT(NULL, "-q", "plugins");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT_STRING_EQUAL(r.err, "");
+    CU_ASSERT_EQUAL(count_lines(r.out, "refused"), refused);
     tl_result_free(&r);
 }
 
@@ -142,23 +186,65 @@ static void copy_plugin(const char *name, const char *dir, const char *as)
     free(to);
 }
 
-static void t_non_elf_file_refused(void)
+static char *path_env(const char *first)
+{
+    char *pp = NULL;
+    if (asprintf(&pp, "CTARGET_PLUGIN_PATH=%s:%s", first, getenv("CTARGET_PLUGIN_PATH")) < 0)
+        abort();
+    return pp;
+}
+
+static void t_files_that_are_not_plugins_refused(void)
 {
     char *d = plugdir("plug");
-    char *f = tl_path(d, "junk.so");
+    char *f = tl_path(d, "x.so");
     tl_write_file(f, "#!/bin/sh\necho this is not a shared object\n");
     chmod(f, 0644);
+    char *e = tl_path(d, "empty.so");
+    tl_write_file(e, "");
+    chmod(e, 0644);
+    char *sub = tl_path(d, "adir.so");
+    mkdir(sub, 0755);
+    /* an ELF file, but a program: dlopen refuses it (or it has no entry symbol) */
+    char *exe = tl_path(d, "prog.so");
+    const char *cp[] = {"cp", "/bin/true", exe, NULL};
+    tl_result r = tl_exec(cp, NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    chmod(exe, 0755);
+    char *pp = path_env(d);
+    const char *env[] = {pp, NULL};
+    json_t *list = plugins_json(env);
+    expect_refused(list, "x", "not an ELF");
+    expect_refused(list, "empty", "not an ELF");
+    expect_refused(list, "adir", "not a regular file");
+    expect_refused(list, "prog", "");
+    CU_ASSERT_STRING_EQUAL(status_of(find(list, "testcloud", NULL)), "loaded");
+    CU_ASSERT_STRING_EQUAL(status_of(find(list, "local", NULL)), "loaded");
+    json_decref(list);
+    /* and the type is unusable, with the reason, without a crash */
+    char *ws = tl_tmpdir("ws");
+    const char *args[] = {"compute", "attach", "xx1", "--type", "x", NULL};
+    r = tl_ctarget_run(ws, NULL, env, args);
+    CU_ASSERT(r.status != 0 && r.status < 128);
+    CU_ASSERT(tl_contains(r.err, "x.so") && tl_contains(r.err, "not an ELF"));
+    tl_result_free(&r);
+    free(ws);
+    free(pp), free(f), free(e), free(sub), free(exe), free(d);
+}
+
+static void t_missing_and_empty_path_entries_tolerated(void)
+{
     char *pp = NULL;
-    if (asprintf(&pp, "CTARGET_PLUGIN_PATH=%s:%s", d, getenv("CTARGET_PLUGIN_PATH")) < 0)
+    if (asprintf(&pp, "CTARGET_PLUGIN_PATH=/nonexistent/ctarget-a::%s:/nonexistent/b:",
+                 getenv("CTARGET_PLUGIN_PATH")) < 0)
         abort();
     const char *env[] = {pp, NULL};
     json_t *list = plugins_json(env);
-    expect_refused(list, "junk", "not an ELF");
     CU_ASSERT_STRING_EQUAL(status_of(find(list, "testcloud", NULL)), "loaded");
+    CU_ASSERT_STRING_EQUAL(status_of(find(list, "local", NULL)), "loaded");
     json_decref(list);
     free(pp);
-    free(f);
-    free(d);
 }
 
 static void t_world_writable_file_and_directory_refused(void)
@@ -189,6 +275,54 @@ static void t_world_writable_file_and_directory_refused(void)
     free(d);
 }
 
+/* ctormark.so's constructor appends to $CTARGET_TEST_CTOR_MARK whenever it is dlopen'ed. */
+static int ctor_ran(const char *dir, mode_t dir_mode, mode_t file_mode, json_t **entry)
+{
+    char *src = tl_path(tl_builddir(), "tests/plugins/ctor/ctormark.so");
+    char *f = tl_path(dir, "ctormark.so");
+    const char *cp[] = {"cp", src, f, NULL};
+    tl_result r = tl_exec(cp, NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    chmod(f, file_mode);
+    chmod(dir, dir_mode);
+    char *mdir = tl_tmpdir("mark");
+    char *mark = tl_path(mdir, "mark");
+    char *menv = NULL, *pp = NULL;
+    if (asprintf(&menv, "CTARGET_TEST_CTOR_MARK=%s", mark) < 0 ||
+        asprintf(&pp, "CTARGET_PLUGIN_PATH=%s", dir) < 0)
+        abort();
+    const char *env[] = {pp, menv, NULL};
+    json_t *list = plugins_json(env);
+    *entry = json_deep_copy(find(list, "ctormark", NULL));
+    json_decref(list);
+    struct stat st;
+    int ran = stat(mark, &st) == 0;
+    chmod(dir, 0755);
+    free(src), free(f), free(mark), free(mdir), free(menv), free(pp);
+    return ran;
+}
+
+static void t_refused_for_permissions_before_any_code_runs(void)
+{
+    json_t *e = NULL;
+    char *d[3] = {plugdir("ok"), plugdir("wwfile"), plugdir("wwdir")};
+    /* the mark works: a good copy is loaded, and its constructor ran */
+    CU_ASSERT(ctor_ran(d[0], 0755, 0755, &e));
+    CU_ASSERT_STRING_EQUAL(status_of(e), "loaded");
+    json_decref(e);
+    CU_ASSERT(!ctor_ran(d[1], 0755, 0757, &e));
+    CU_ASSERT_STRING_EQUAL(status_of(e), "refused");
+    CU_ASSERT(tl_contains(reason_of(e), "world-writable"));
+    json_decref(e);
+    CU_ASSERT(!ctor_ran(d[2], 0777, 0755, &e));
+    CU_ASSERT_STRING_EQUAL(status_of(e), "refused");
+    CU_ASSERT(tl_contains(reason_of(e), "directory"));
+    json_decref(e);
+    for (int i = 0; i < 3; i++)
+        free(d[i]);
+}
+
 static void t_first_in_search_path_wins_later_ones_shadowed(void)
 {
     char *d = plugdir("plug");
@@ -203,32 +337,93 @@ static void t_first_in_search_path_wins_later_ones_shadowed(void)
     CU_ASSERT_STRING_EQUAL(status_of(first), "loaded");
     CU_ASSERT_STRING_EQUAL(status_of(later), "refused");
     CU_ASSERT_PTR_NOT_NULL(strstr(reason_of(later), "shadowed"));
+    /* the shadowed entry names the file that wins */
+    CU_ASSERT_PTR_NOT_NULL(strstr(reason_of(later), d));
     json_decref(list);
+    /* and targets of the type use the first one */
+    char *ws = tl_tmpdir("ws");
+    const char *args[] = {"compute", "show", "local", "--output", "json", NULL};
+    const char *att[] = {"compute", "attach", "vm1", "--type", "testssh", "--set",
+                         "address=10.3.3.3", "--set", "username=u", "--set",
+                         "password=pw-123456", NULL};
+    tl_result r = tl_ctarget_run(ws, NULL, env, att);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    args[2] = "vm1";
+    r = tl_ctarget_run(ws, NULL, env, args);
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    const char *plugin = json_string_value(json_object_get(j, "plugin"));
+    CU_ASSERT(plugin && !strncmp(plugin, d, strlen(d)));
+    json_decref(j);
+    tl_result_free(&r);
+    free(ws);
     free(pp);
     free(d);
+}
+
+static void expect_no_targets_but_local(const char *ws)
+{
+    tl_result r = TL_CT(ws, "compute", "list", "--output", "json");
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    CU_ASSERT_EQUAL(json_array_size(j), 1);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(j, 0), "name")),
+                           "local");
+    json_decref(j);
+    tl_result_free(&r);
+}
+
+static void expect_one_line(const char *err)
+{
+    const char *nl = strchr(err, '\n');
+    CU_ASSERT_PTR_NOT_NULL(nl);
+    CU_ASSERT(nl && nl[1] == '\0');
 }
 
 static void t_refused_type_cannot_be_used(void)
 {
     char *ws = tl_tmpdir("ws");
-    tl_result r = TL_CT(ws, "compute", "attach", "nn1", "--type", "noslot");
-    CU_ASSERT_NOT_EQUAL(r.status, 0);
-    CU_ASSERT(tl_contains(r.err, "noslot.so"));
-    CU_ASSERT(tl_contains(r.err, "compute.status"));
-    /* one line */
-    CU_ASSERT_PTR_NOT_NULL(strchr(r.err, '\n'));
-    CU_ASSERT_PTR_NULL(strchr(strchr(r.err, '\n') + 1, '\n'));
+    const char *const types[][2] = {{"noslot", "compute.status"},
+                                    {"wrongmajor", "ABI 2"},
+                                    {"newminor", "needs core ABI 1.1"},
+                                    {"needsdep", "libctmissing.so.0"},
+                                    {"nosym", "no entry symbol"}};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        tl_result r = TL_CT(ws, "compute", "attach", "ref1", "--type", types[i][0]);
+        TL_ASSERT_EXIT(r, 16); /* CTARGET_E_PLUGIN */
+        char *file = NULL;
+        if (asprintf(&file, "/%s.so", types[i][0]) < 0)
+            abort();
+        CU_ASSERT(tl_contains(r.err, file));
+        CU_ASSERT(tl_contains(r.err, types[i][1]));
+        expect_one_line(r.err);
+        tl_result_free(&r);
+        free(file);
+    }
+    /* a type with no plugin at all is "not found", not a refusal */
+    tl_result r = TL_CT(ws, "compute", "attach", "ref1", "--type", "nosuchplugin");
+    TL_ASSERT_EXIT(r, 4);
+    expect_one_line(r.err);
     tl_result_free(&r);
+    expect_no_targets_but_local(ws);
     free(ws);
 }
 
 static void t_failing_init_reaches_the_user(void)
 {
     char *ws = tl_tmpdir("ws");
+    /* listing does not run init: the plugin is valid */
+    json_t *list = plugins_json(NULL);
+    CU_ASSERT_STRING_EQUAL(status_of(find(list, "badinit", NULL)), "loaded");
+    json_decref(list);
     tl_result r = TL_CT(ws, "compute", "attach", "bi1", "--type", "badinit");
-    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    TL_ASSERT_EXIT(r, 1); /* the status init reported */
+    CU_ASSERT(tl_contains(r.err, "badinit.so"));
     CU_ASSERT(tl_contains(r.err, "not licensed on this host"));
+    expect_one_line(r.err);
     tl_result_free(&r);
+    expect_no_targets_but_local(ws);
     free(ws);
 }
 
@@ -238,26 +433,52 @@ static void t_older_plugin_with_shorter_table_works(void)
     tl_result r = TL_CT(ws, "compute", "attach", "old1", "--type", "oldabi");
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
+    r = TL_CT(ws, "compute", "show", "old1", "--output", "json");
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    CU_ASSERT_STRING_EQUAL(
+        json_string_value(json_object_get(json_object_get(j, "facts"), "built_with")),
+        "old table");
+    json_decref(j);
+    tl_result_free(&r);
     r = TL_CT(ws, "compute", "status", "old1", "--output", "json");
     TL_ASSERT_EXIT(r, 0);
+    j = tl_json(&r);
+    CU_ASSERT_STRING_EQUAL(
+        json_string_value(json_object_get(json_object_get(j, "live"), "provisioning_state")),
+        "Succeeded");
+    json_decref(j);
     tl_result_free(&r);
-    /* slots past its table: not supported, and the trap right after it is never called */
-    r = TL_CT(ws, "compute", "start", "old1");
-    TL_ASSERT_EXIT(r, 6);
-    CU_ASSERT(!tl_contains(r.err, "past struct_size"));
-    tl_result_free(&r);
-    r = TL_CT(ws, "compute", "nodes", "old1");
-    TL_ASSERT_EXIT(r, 6);
-    tl_result_free(&r);
+    /* operations it has no slot for: not supported (6), said in one line, no crash */
+    const char *const ops[][5] = {{"start", "old1"}, {"stop", "old1"}, {"restart", "old1"},
+                                  {"nodes", "old1"}, {"update", "old1", "--set", "a=b"}};
+    for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
+        const char *args[6] = {"compute"};
+        for (size_t k = 0; k < 5; k++)
+            args[k + 1] = ops[i][k];
+        r = tl_ctarget_run(ws, NULL, NULL, args);
+        TL_ASSERT_EXIT(r, 6);
+        CU_ASSERT(tl_contains(r.err, "oldabi targets"));
+        CU_ASSERT(!tl_contains(r.err, "past struct_size"));
+        expect_one_line(r.err);
+        tl_result_free(&r);
+    }
+    /* the detach slot lies past its table, where a trap waits: the core must not call it */
     r = TL_CT(ws, "compute", "detach", "old1");
     TL_ASSERT_EXIT(r, 0);
     CU_ASSERT(!tl_contains(r.err, "past struct_size"));
     tl_result_free(&r);
+    expect_no_targets_but_local(ws);
     free(ws);
 }
 
 static void t_newer_plugin_with_extra_slots_works(void)
 {
+    json_t *list = plugins_json(NULL);
+    json_t *p = find(list, "newabi", NULL);
+    CU_ASSERT_STRING_EQUAL(status_of(p), "loaded");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "abi")), "1.1");
+    json_decref(list);
     char *ws = tl_tmpdir("ws");
     /* its config keys have a larger struct_size than ours: read with its stride */
     tl_result r = TL_CT(ws, "compute", "attach", "new1", "--type", "newabi", "--set",
@@ -270,7 +491,28 @@ static void t_newer_plugin_with_extra_slots_works(void)
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "type")), "newabi");
     json_t *cfg = json_object_get(j, "config");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(cfg, "replicas")), "3");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(cfg, "endpoint")),
+                           "https://svc.example");
     json_decref(j);
+    tl_result_free(&r);
+    /* the key after the first is found at the plugin's stride: its type is checked */
+    r = TL_CT(ws, "compute", "attach", "new2", "--type", "newabi", "--set",
+              "endpoint=https://svc2.example", "--set", "replicas=many");
+    TL_ASSERT_EXIT(r, 3);
+    CU_ASSERT(tl_contains(r.err, "replicas"));
+    tl_result_free(&r);
+    r = TL_CT(ws, "compute", "status", "new1", "--output", "json");
+    TL_ASSERT_EXIT(r, 0);
+    j = tl_json(&r);
+    CU_ASSERT_PTR_NOT_NULL(json_object_get(j, "live"));
+    json_decref(j);
+    tl_result_free(&r);
+    r = TL_CT(ws, "compute", "help", "newabi");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "endpoint") && tl_contains(r.out, "replicas"));
+    tl_result_free(&r);
+    r = TL_CT(ws, "compute", "detach", "new1");
+    TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
     free(ws);
 }
@@ -280,9 +522,11 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_each_bad_plugin_refused_with_its_reason);
     TL_ADD(s, t_good_plugins_still_loaded_beside_bad_ones);
     TL_ADD(s, t_json_has_the_documented_fields);
-    TL_ADD(s, t_table_prints_one_line_per_refusal);
-    TL_ADD(s, t_non_elf_file_refused);
+    TL_ADD(s, t_table_lists_refused_and_reasons_go_to_stderr);
+    TL_ADD(s, t_files_that_are_not_plugins_refused);
+    TL_ADD(s, t_missing_and_empty_path_entries_tolerated);
     TL_ADD(s, t_world_writable_file_and_directory_refused);
+    TL_ADD(s, t_refused_for_permissions_before_any_code_runs);
     TL_ADD(s, t_first_in_search_path_wins_later_ones_shadowed);
     TL_ADD(s, t_refused_type_cannot_be_used);
     TL_ADD(s, t_failing_init_reaches_the_user);

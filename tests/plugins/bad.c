@@ -90,6 +90,24 @@ CTARGET_PLUGIN_EXPORT const ctarget_plugin *CTARGET_PLUGIN_ENTRY(void) { return 
 CTARGET_DEFINE_PLUGIN(desc)
 #endif
 
+#ifdef BAD_CTOR
+/* A valid plugin whose constructor leaves a mark: the loader must not dlopen a file it
+ * refuses on its permissions, so a refused copy leaves no mark. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void b_mark(void)
+{
+    const char *m = getenv("CTARGET_TEST_CTOR_MARK");
+    int fd = m ? open(m, O_WRONLY | O_CREAT | O_APPEND, 0600) : -1;
+    if (fd >= 0) {
+        ssize_t w = write(fd, "loaded\n", 7);
+        (void)w;
+        close(fd);
+    }
+}
+#endif
+
 #ifdef BAD_DEP
 /* needs a symbol from a library that is not installed anywhere */
 extern int ctmissing_symbol(void);

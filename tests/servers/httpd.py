@@ -7,14 +7,19 @@ Binds 127.0.0.1 on a free port, writes the port to PORTFILE once listening, serv
 killed.  Behaviour by path:
     /echo               JSON: method, path, x_test header, body
     /fail/KEY/N/CODE    CODE for the first N requests of KEY, then 200 "ok";
-                        ?ra=S adds "Retry-After: S"
+                        ?ra=S adds "Retry-After: S", ?rad=S the same as an HTTP date,
+                        ?rams=MS "x-ms-retry-after-ms: MS"
     /count/KEY          how many requests /fail/KEY/... has seen
     /status/CODE        always CODE
     /stall              sleeps 5 s before answering
+    /drop/KEY/N         closes the connection without an answer for the first N requests
+                        of KEY, then 200 "ok" (counted like /fail)
     http://...          (an absolute URI: used as a proxy) 200 "proxied URI"
 """
+import email.utils
 import json
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -59,8 +64,26 @@ class Handler(BaseHTTPRequestHandler):
                 counts[key] = counts.get(key, 0) + 1
                 seen = counts[key]
             if seen <= n:
-                hdrs = [("Retry-After", query["ra"][0])] if "ra" in query else []
+                hdrs = []
+                if "ra" in query:
+                    hdrs.append(("Retry-After", query["ra"][0]))
+                if "rad" in query:  # the HTTP-date form, S seconds from now
+                    hdrs.append(("Retry-After", email.utils.formatdate(
+                        time.time() + int(query["rad"][0]), usegmt=True)))
+                if "rams" in query:  # Azure's millisecond header
+                    hdrs.append(("x-ms-retry-after-ms", query["rams"][0]))
                 return self.reply(code, "try again", hdrs)
+            return self.reply(200, "ok")
+        if parts[0] == "drop" and len(parts) == 3:
+            key, n = parts[1], int(parts[2])
+            with lock:
+                counts[key] = counts.get(key, 0) + 1
+                seen = counts[key]
+            if seen <= n:
+                self.close_connection = True
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return None
             return self.reply(200, "ok")
         if parts[0] == "count":
             with lock:
