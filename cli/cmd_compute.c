@@ -229,19 +229,61 @@ static int value_from(cli *c, const char *key, const char *raw, settings *s, con
     *out = own(s, read_stream(f));
     if (f != stdin)
         fclose(f);
+    if (!**out) { /* an empty file must not silently unset (or wipe a stored secret) */
+        fprintf(stderr, "ctarget: error: setting %s: %s is empty (to unset %s, use --set "
+                "%s=)\n", key, !strcmp(raw, "@-") ? "standard input" : raw + 1, key, key);
+        return CTARGET_E_CONFIG;
+    }
     return 0;
+}
+
+/* The text of one scalar of a --config file: strings as they are, integers in decimal, reals
+ * in the shortest form that reads back exactly (0.1 stays 0.1, 0.123456789 is not rounded),
+ * booleans as true/false.  NULL for anything else (objects, arrays, null). */
+static char *config_scalar(json_t *v)
+{
+    char buf[64];
+    switch (json_typeof(v)) {
+    case JSON_STRING:
+        return strdup(json_string_value(v));
+    case JSON_INTEGER:
+        snprintf(buf, sizeof buf, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return strdup(buf);
+    case JSON_REAL: {
+        double d = json_real_value(v);
+        for (int prec = 1; prec <= 17; prec++) {
+            snprintf(buf, sizeof buf, "%.*g", prec, d);
+            if (strtod(buf, NULL) == d)
+                break;
+        }
+        return strdup(buf);
+    }
+    case JSON_TRUE:
+        return strdup("true");
+    case JSON_FALSE:
+        return strdup("false");
+    default:
+        return NULL;
+    }
 }
 
 static int load_config_file(cli *c, const char *path, settings *s)
 {
     json_error_t je;
-    json_t *j = json_load_file(path, JSON_DECODE_ANY, &je); /* non-objects: below */
+    /* non-objects are refused below; a key given twice is an error, not "last one wins" */
+    json_t *j = json_load_file(path, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
     if (!j) {
+        /* jansson quotes the offending token ("near '...'"), which may be a secret value
+         * (an unquoted or unterminated password): say where instead, except for a duplicate
+         * key, whose name is no secret */
+        char *near = strstr(je.text, " near '");
+        if (near && strncmp(je.text, "duplicate object key", 20))
+            *near = '\0';
         if (je.line < 1) /* not a syntax error: the file could not be read */
             fprintf(stderr, "ctarget: error: --config %s: %s\n", path, je.text);
         else
-            fprintf(stderr, "ctarget: error: --config %s: %s (line %d): fix the JSON\n", path,
-                    je.text, je.line);
+            fprintf(stderr, "ctarget: error: --config %s: %s (line %d, column %d): fix the "
+                    "JSON\n", path, je.text, je.line, je.column);
         return CTARGET_E_CONFIG;
     }
     if (!json_is_object(j)) {
@@ -253,32 +295,40 @@ static int load_config_file(cli *c, const char *path, settings *s)
     const char *k;
     json_t *v;
     json_object_foreach(j, k, v) {
-        char *text;
-        if (json_is_object(v) || (json_is_array(v) && json_array_size(v) &&
-                                  json_is_object(json_array_get(v, 0)))) {
+        char *text = NULL;
+        if (json_is_array(v)) {
+            size_t i, len = 1;
+            json_t *x;
+            char **parts = calloc(json_array_size(v) + 1, sizeof *parts);
+            int ok = 1;
+            json_array_foreach(v, i, x) {
+                parts[i] = json_is_string(x) || json_is_number(x) ? config_scalar(x) : NULL;
+                if (!parts[i])
+                    ok = 0;
+                else
+                    len += strlen(parts[i]) + 1;
+            }
+            if (ok) {
+                text = calloc(1, len);
+                json_array_foreach(v, i, x) {
+                    if (i)
+                        strcat(text, ",");
+                    strcat(text, parts[i]);
+                }
+            }
+            for (i = 0; i < json_array_size(v); i++)
+                free(parts[i]);
+            free(parts);
+        } else if (json_is_null(v)) {
+            text = strdup(""); /* null unsets, like --set KEY= */
+        } else {
+            text = config_scalar(v);
+        }
+        if (!text) {
             fprintf(stderr, "ctarget: error: --config %s: setting '%s' must be a string, "
                     "number, boolean or list of strings\n", path, k);
             json_decref(j);
             return CTARGET_E_CONFIG;
-        }
-        if (json_is_array(v)) {
-            size_t i, len = 1;
-            json_t *x;
-            json_array_foreach(v, i, x) len += strlen(json_is_string(x) ? json_string_value(x) : "") + 24;
-            text = calloc(1, len);
-            json_array_foreach(v, i, x) {
-                char *t = json_scalar_text(x);
-                if (i)
-                    strcat(text, ",");
-                strcat(text, t);
-                free(t);
-            }
-        } else if (json_is_true(v) || json_is_false(v)) {
-            text = strdup(json_is_true(v) ? "true" : "false");
-        } else if (json_is_null(v)) {
-            text = strdup("");
-        } else {
-            text = json_scalar_text(v);
         }
         add_setting(s, own(s, strdup(k)), own(s, text));
     }

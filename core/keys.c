@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "loader.h"
@@ -49,6 +50,18 @@ static ctarget_status unknown_key(const plugin *pl, const char *key, ctarget_err
     size_t limit = strlen(key) / 3 + 1;
     if (limit < 2)
         limit = 2;
+    if (best_d > limit && strlen(key) >= 4) {
+        /* a truncated name ("private_key" for "private_key_file") is a slip too: suggest
+         * the shortest key it begins */
+        for (size_t i = 0; i < pl->n_keys; i++) {
+            const char *kn = pl->keys[i].name;
+            if (!strncasecmp(kn, key, strlen(key)) &&
+                (best_d > limit || strlen(kn) < strlen(best))) {
+                best = kn;
+                best_d = 0;
+            }
+        }
+    }
     if (!pl->n_keys)
         ct_err(err, CTARGET_E_CONFIG, "unknown setting '%s': target type %s takes no settings",
                key, pl->name);
