@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "testlib.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,6 +448,252 @@ static void t_defaults_satisfy_required_but_not_groups(void)
     applied_free(&a);
 }
 
+
+/* ---- one row per value: every declared type, accepted (with its stored form) or refused --- */
+
+typedef struct value_row {
+    const char *key, *value;
+    const char *stored; /* NULL: refused with CTARGET_E_CONFIG naming the key */
+} value_row;
+
+static const value_row values[] = {
+    /* int, 1..100 */
+    {"max_nodes", "1", "1"},
+    {"max_nodes", "100", "100"},
+    {"max_nodes", "007", "7"},
+    {"max_nodes", "+5", "5"},
+    {"max_nodes", "0", NULL},
+    {"max_nodes", "-1", NULL},
+    {"max_nodes", "101", NULL},
+    {"max_nodes", " 4", NULL},
+    {"max_nodes", "4 ", NULL},
+    {"max_nodes", "0x10", NULL},
+    {"max_nodes", "1e2", NULL},
+    {"max_nodes", "4.0", NULL},
+    {"max_nodes", "9223372036854775808", NULL},
+    {"max_nodes", "four", NULL},
+    /* int with 0 allowed */
+    {"min_nodes", "0", "0"},
+    {"min_nodes", "-0", "0"},
+    /* bool */
+    {"ssh_public_access", "true", "true"},
+    {"ssh_public_access", "TRUE", "true"},
+    {"ssh_public_access", "Yes", "true"},
+    {"ssh_public_access", "1", "true"},
+    {"ssh_public_access", "on", "true"},
+    {"ssh_public_access", "false", "false"},
+    {"ssh_public_access", "No", "false"},
+    {"ssh_public_access", "0", "false"},
+    {"ssh_public_access", "OFF", "false"},
+    {"ssh_public_access", "2", NULL},
+    {"ssh_public_access", "truee", NULL},
+    {"ssh_public_access", "y", NULL},
+    {"ssh_public_access", " true", NULL},
+    /* number, 0..1 */
+    {"low_priority_ratio", "0", "0"},
+    {"low_priority_ratio", "1", "1"},
+    {"low_priority_ratio", "0.25", "0.25"},
+    {"low_priority_ratio", "1.0001", NULL},
+    {"low_priority_ratio", "-0.1", NULL},
+    {"low_priority_ratio", "nan", NULL},
+    {"low_priority_ratio", "inf", NULL},
+    {"low_priority_ratio", "1e400", NULL},
+    {"low_priority_ratio", "0,5", NULL},
+    {"low_priority_ratio", "half", NULL},
+    /* enum: case-insensitive, stored as declared */
+    {"vm_priority", "dedicated", "dedicated"},
+    {"vm_priority", "Dedicated", "dedicated"},
+    {"vm_priority", "LOWPRIORITY", "lowpriority"},
+    {"vm_priority", "low", NULL},
+    {"vm_priority", "dedicated ", NULL},
+    {"vm_priority", "dedicated|lowpriority", NULL},
+    /* list */
+    {"tags", "a", "a"},
+    {"tags", "a,b", "a,b"},
+    {"tags", " a , b ", "a,b"},
+    {"tags", ",a,,b,", "a,b"},
+    /* string: any printable text, control characters refused */
+    {"vm_size", "Standard_NC6s_v3", "Standard_NC6s_v3"},
+    {"vm_size", "D2 v3", "D2 v3"},
+    {"vm_size", "D2\tv3", NULL},
+    {"vm_size", "D2\x1b[31m", NULL},
+};
+
+static void t_value_types_table(void)
+{
+    for (size_t i = 0; i < sizeof values / sizeof *values; i++) {
+        ctarget_setting s[] = {S("cloud_dir", "/tmp"), S(values[i].key, values[i].value)};
+        applied a = apply("testcloud", CTARGET_VERB_CREATE, "created", s, 2);
+        const char *got = json_string_value(json_object_get(a.config, values[i].key));
+        int ok = values[i].stored ? a.rc == CTARGET_OK && got &&
+                                        !strcmp(got, values[i].stored)
+                                  : a.rc == CTARGET_E_CONFIG &&
+                                        strstr(a.err.message, values[i].key) != NULL &&
+                                        !strchr(a.err.message, '\n');
+        if (!ok)
+            fprintf(stdout, "%s='%s': rc %d, stored '%s', error '%s' (want %s)\n",
+                    values[i].key, values[i].value, (int)a.rc, got ? got : "(none)",
+                    a.err.message, values[i].stored ? values[i].stored : "refused");
+        CU_ASSERT(ok);
+        /* a refused value never reaches the configuration */
+        if (!values[i].stored)
+            CU_ASSERT_EQUAL(json_object_size(a.config), 0);
+        applied_free(&a);
+    }
+}
+
+static void t_path_must_exist_and_be_readable(void)
+{
+    char *dir = tl_tmpdir("path");
+    char *key = tl_path(dir, "id_key");
+    tl_write_file(key, "k\n");
+    ctarget_setting ok[] = {S("address", "h"), S("username", "u"), S("private_key_file", key)};
+    applied a = apply("testssh", CTARGET_VERB_ATTACH, "attached", ok, 3);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a.config, "private_key_file")),
+                           key);
+    applied_free(&a);
+    char *missing = tl_path(dir, "id_missing");
+    ctarget_setting bad[] = {S("address", "h"), S("username", "u"),
+                             S("private_key_file", missing)};
+    a = apply("testssh", CTARGET_VERB_ATTACH, "attached", bad, 3);
+    CU_ASSERT_EQUAL(a.rc, CTARGET_E_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.err.message, missing)); /* names the file */
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.err.message, "private_key_file"));
+    CU_ASSERT_EQUAL(a.err.sys_errno, ENOENT);
+    applied_free(&a);
+    free(missing);
+    free(key);
+    free(dir);
+}
+
+/* The closest key is suggested for many kinds of slips; far-off names list every key. */
+static void t_unknown_key_suggestion_table(void)
+{
+    const struct {
+        const char *type, *typo, *suggest;
+    } rows[] = {
+        {"testcloud", "vm_sise", "vm_size"},
+        {"testcloud", "VM_SIZE", "vm_size"},
+        {"testcloud", "vmsize", "vm_size"},
+        {"testcloud", "max_node", "max_nodes"},
+        {"testcloud", "maxnodes", "max_nodes"},
+        {"testcloud", "min-nodes", "min_nodes"},
+        {"testcloud", "admin_pasword", "admin_password"},
+        {"testcloud", "ssh_public_acess", "ssh_public_access"},
+        {"testssh", "adress", "address"},
+        {"testssh", "user_name", "username"},
+        {"testssh", "ssh-port", "ssh_port"},
+        {"testssh", "pasword", "password"},
+        {"testssh", "private_key", "private_key_file"},
+        {"testaci", "regoin", "region"},
+        {"testaci", "cpu_core", "cpu_cores"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+        ctarget_setting s[] = {S(rows[i].typo, "1")};
+        applied a = apply(rows[i].type, CTARGET_VERB_CREATE, "created", s, 1);
+        char want[128];
+        snprintf(want, sizeof want, "did you mean '%s'", rows[i].suggest);
+        int ok = a.rc == CTARGET_E_CONFIG && strstr(a.err.message, want) &&
+                 strstr(a.err.message, rows[i].typo);
+        if (!ok)
+            fprintf(stdout, "%s %s: '%s' (want \"%s\")\n", rows[i].type, rows[i].typo,
+                    a.err.message, want);
+        CU_ASSERT(ok);
+        applied_free(&a);
+    }
+}
+
+/* What each verb may set: create-only keys refused by attach (and by update of an attached
+ * target), attach-only keys refused by create, immutable keys refused by every update,
+ * even to the same value or to unset them. */
+static void t_verb_matrix(void)
+{
+    const struct {
+        const char *key, *value;
+        ctarget_verb verb;
+        const char *origin;
+        int ok;
+    } rows[] = {
+        {"vm_size", "D2", CTARGET_VERB_CREATE, "created", 1},
+        {"vm_size", "D2", CTARGET_VERB_ATTACH, "attached", 0},
+        {"vm_size", "D2", CTARGET_VERB_UPDATE, "created", 1},
+        {"vm_size", "D2", CTARGET_VERB_UPDATE, "attached", 0},
+        {"resource_id", "/r", CTARGET_VERB_CREATE, "created", 0},
+        {"resource_id", "/r", CTARGET_VERB_ATTACH, "attached", 1},
+        {"resource_id", "/r", CTARGET_VERB_UPDATE, "attached", 1},
+        {"resource_id", "/r", CTARGET_VERB_UPDATE, "created", 0},
+        {"ssh_public_access", "true", CTARGET_VERB_CREATE, "created", 1},
+        {"ssh_public_access", "true", CTARGET_VERB_ATTACH, "attached", 1},
+        {"ssh_public_access", "false", CTARGET_VERB_UPDATE, "created", 0},
+        {"ssh_public_access", "", CTARGET_VERB_UPDATE, "created", 0},
+        {"ssh_public_access", "true", CTARGET_VERB_UPDATE, "attached", 0},
+        {"min_nodes", "1", CTARGET_VERB_UPDATE, "attached", 1},
+        {"min_nodes", "1", CTARGET_VERB_UPDATE, "created", 1},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+        ctarget_setting s[] = {S(rows[i].key, rows[i].value)};
+        applied a = apply("testcloud", rows[i].verb, rows[i].origin, s, 1);
+        int ok = rows[i].ok ? a.rc == CTARGET_OK
+                            : a.rc == CTARGET_E_CONFIG && strstr(a.err.message, rows[i].key);
+        if (!ok)
+            fprintf(stdout, "row %zu %s=%s verb %d origin %s: rc %d '%s'\n", i, rows[i].key,
+                    rows[i].value, (int)rows[i].verb, rows[i].origin, (int)a.rc,
+                    a.err.message);
+        CU_ASSERT(ok);
+        applied_free(&a);
+    }
+}
+
+/* Identity strings: one per complete tuple, defaults filled in, compared case-insensitively,
+ * the integer port in canonical form. */
+static void t_identity_table(void)
+{
+    const struct {
+        const char *address, *port, *resource_id;
+        const char *want0, *want1;
+    } rows[] = {
+        {"10.0.0.1", NULL, NULL, "address=10.0.0.1;ssh_port=22", NULL},
+        {"10.0.0.1", "22", NULL, "address=10.0.0.1;ssh_port=22", NULL},
+        {"10.0.0.1", "022", NULL, "address=10.0.0.1;ssh_port=22", NULL},
+        {"10.0.0.1", "2222", NULL, "address=10.0.0.1;ssh_port=2222", NULL},
+        {"Host.EXAMPLE.com", NULL, NULL, "address=host.example.com;ssh_port=22", NULL},
+        {NULL, NULL, "/Subs/ABC/vm1", "resource_id=/subs/abc/vm1", NULL},
+        {"h", NULL, "/r", "address=h;ssh_port=22", "resource_id=/r"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+        ctarget_setting s[4];
+        size_t n = 0;
+        s[n++] = (ctarget_setting)S("username", "u");
+        if (rows[i].address)
+            s[n++] = (ctarget_setting)S("address", rows[i].address);
+        if (rows[i].port)
+            s[n++] = (ctarget_setting)S("ssh_port", rows[i].port);
+        if (rows[i].resource_id)
+            s[n++] = (ctarget_setting)S("resource_id", rows[i].resource_id);
+        applied a = apply("testssh", CTARGET_VERB_ATTACH, "attached", s, n);
+        CU_ASSERT_EQUAL(a.rc, CTARGET_OK);
+        json_t *ids = keys_identities(get("testssh"), a.config);
+        size_t want_n = rows[i].want1 ? 2 : 1;
+        const char *id0 = json_string_value(json_array_get(ids, 0));
+        const char *id1 = json_string_value(json_array_get(ids, 1));
+        int ok = json_array_size(ids) == want_n && id0 && !strcmp(id0, rows[i].want0) &&
+                 (!rows[i].want1 || (id1 && !strcmp(id1, rows[i].want1)));
+        if (!ok)
+            fprintf(stdout, "identity row %zu: got %s / %s\n", i, id0 ? id0 : "-",
+                    id1 ? id1 : "-");
+        CU_ASSERT(ok);
+        json_decref(ids);
+        applied_free(&a);
+    }
+    /* secrets never take part in an identity, whatever the plugin declares */
+    json_t *cfg = json_pack("{s:s}", "region", "eastus");
+    json_t *ids = keys_identities(get("testaci"), cfg);
+    CU_ASSERT_EQUAL(json_array_size(ids), 0); /* testaci declares none */
+    json_decref(ids);
+    json_decref(cfg);
+}
+
 static void add(CU_pSuite s)
 {
     TL_ADD(s, t_name_rules_table);
@@ -468,6 +715,11 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_control_characters_refused_in_strings);
     TL_ADD(s, t_update_follows_how_the_target_was_added);
     TL_ADD(s, t_defaults_satisfy_required_but_not_groups);
+    TL_ADD(s, t_value_types_table);
+    TL_ADD(s, t_path_must_exist_and_be_readable);
+    TL_ADD(s, t_unknown_key_suggestion_table);
+    TL_ADD(s, t_verb_matrix);
+    TL_ADD(s, t_identity_table);
 }
 
 int main(int argc, char **argv)

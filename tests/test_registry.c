@@ -750,6 +750,20 @@ static void t_config_file_values_typed_and_overridden_by_set(void)
     CU_ASSERT_STRING_EQUAL(jstr(s, "config", "low_priority_ratio"), "0.5");
     CU_ASSERT_STRING_EQUAL(jstr(s, "config", "vm_priority"), "lowpriority");
     json_decref(s);
+    /* numbers keep every digit they were given; null unsets; lists may hold numbers */
+    const char *cloud2 = new_cloud();
+    char *d2 = tl_tmpdir("cfg2");
+    const char *f2 = fmt("%s/precise.json", d2);
+    free(d2);
+    tl_write_file(f2, fmt("{\"cloud_dir\": \"%s\", \"vm_size\": \"D2\", \"max_nodes\": 4,\n"
+                          " \"low_priority_ratio\": 0.123456789, \"tags\": [\"team-a\", 7, 0.1],\n"
+                          " \"min_nodes\": null}\n", cloud2));
+    EXPECT(0, ws, "compute", "create", "cfg-precise", "--type", "testcloud", "--config", f2);
+    s = show(ws, "cfg-precise");
+    CU_ASSERT_STRING_EQUAL(jstr(s, "config", "low_priority_ratio"), "0.123456789");
+    CU_ASSERT_STRING_EQUAL(jstr(s, "config", "tags"), "team-a,7,0.1");
+    CU_ASSERT_PTR_NULL(json_object_get(json_object_get(s, "config"), "min_nodes"));
+    json_decref(s);
 }
 
 static void t_config_file_errors_are_one_clear_line_exit_3(void)
@@ -767,6 +781,13 @@ static void t_config_file_errors_are_one_clear_line_exit_3(void)
         {"wrongtype.json", NULL, "max_nodes"},
         {"unknown.json", NULL, "did you mean 'vm_size'"},
         {"empty.json", "", "empty.json"},
+        /* every element of a list is checked, not only the first; nesting is refused */
+        {"listlater.json", "{\"tags\": [\"a\", {\"b\": 1}]}\n", "'tags'"},
+        {"listnested.json", "{\"tags\": [\"a\", [\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+                            "bbbbbbbbbbbbbbbbbbbbbbbb\", \"c\"]]}\n", "'tags'"},
+        {"listbool.json", "{\"tags\": [true]}\n", "'tags'"},
+        /* a key given twice is a mistake, not "the last one wins" */
+        {"dupkey.json", "{\"vm_size\": \"D2\",\n \"vm_size\": \"D8\"}\n", "duplicate"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const char *f = fmt("%s/%s", d, cases[i].name);
@@ -831,6 +852,25 @@ static void t_set_value_from_file_with_at(void)
     s = show(ws, "at-stdin");
     CU_ASSERT_STRING_EQUAL(jstr(s, "config", "vm_size"), "D16");
     json_decref(s);
+    /* an empty file (or empty stdin) is an error, never a silent unset */
+    const char *empty = fmt("%s.empty", f);
+    tl_write_file(empty, "");
+    r = RUN(ws, "compute", "create", "at-empty", "--type", "testcloud", "--set",
+            fmt("cloud_dir=%s", cloud), "--set", fmt("vm_size=@%s", empty), "--set",
+            "max_nodes=1");
+    TL_ASSERT_EXIT(r, 3);
+    ASSERT_HAS(r.err, "size.txt.empty");
+    ASSERT_HAS(r.err, "empty");
+    CU_ASSERT_EQUAL(count_lines(r.err), 1);
+    tl_result_free(&r);
+    r = tl_ctarget_run(ws, "\n", NULL,
+                       (const char *const[]){"compute", "update", "at-stdin", "--set",
+                                             "min_nodes=@-", NULL});
+    TL_ASSERT_EXIT(r, 3);
+    ASSERT_HAS(r.err, "standard input");
+    tl_result_free(&r);
+    CU_ASSERT(!listed(ws, "at-empty"));
+    CU_ASSERT(!exists(fmt("%s/at-empty.res", cloud)));
 }
 
 /* ---- many processes at once ------------------------------------------------------------- */

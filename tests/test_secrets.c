@@ -615,6 +615,79 @@ static void t_secret_files_private_even_with_umask_000(void)
     closedir(d);
 }
 
+
+static void t_secret_in_config_file_stored_masked_never_printed(void)
+{
+    const char *ws = new_ws(), *cloud = scratch("cloud");
+    const char *f = fmt("%s/cluster.json", scratch("cfg"));
+    tl_write_file(f, fmt("{\"cloud_dir\": \"%s\", \"vm_size\": \"D2\", \"max_nodes\": 2,\n"
+                         " \"admin_password\": \"%s\"}\n", cloud, SECRET));
+    tl_result r = RUN(ws, "compute", "create", "cl-cfg", "--type", "testcloud", "--config", f,
+                      "--wait", "-v", "-v");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(!tl_contains(r.err, "warning: secret")); /* not on the command line */
+    tl_result_free(&r);
+    json_t *s = show_json(ws, "cl-cfg", NULL);
+    CU_ASSERT_STRING_EQUAL(cfg(s, "admin_password"), MASK);
+    json_decref(s);
+    exercise_everything(ws, "cl-cfg", "testcloud", NULL);
+    assert_stored_only_in_secret_store(ws, SECRET);
+    /* a config file whose other settings are wrong: refused, the secret neither echoed
+     * nor kept */
+    const char *ws2 = new_ws();
+    const char *bad = fmt("%s/bad.json", scratch("cfgbad"));
+    tl_write_file(bad, fmt("{\"cloud_dir\": \"%s\", \"vm_size\": \"D2\", \"max_nodes\": \"x\",\n"
+                           " \"admin_password\": \"%s\"}\n", cloud, SECRET));
+    r = RUN(ws2, "compute", "create", "cl-cfg", "--type", "testcloud", "--config", bad,
+            "-v", "-v");
+    TL_ASSERT_EXIT(r, 3);
+    tl_result_free(&r);
+    assert_absent(ws2, SECRET);
+    /* JSON syntax errors at the secret (unquoted, unterminated, a control character in it)
+     * say where, never what: the parser's "near '<token>'" would quote the value */
+    const char *broken[] = {
+        "{\"admin_password\": \"" SECRET "\" \"x\": 1}\n",
+        "{\"admin_password\": " SECRET "}\n",
+        "{\"admin_password\": \"" SECRET "\n",
+        "{\"admin_password\": \"" SECRET "\x01\"}\n",
+        "{\"admin_password\": \"" SECRET "\\q\"}\n",
+    };
+    for (size_t i = 0; i < sizeof broken / sizeof *broken; i++) {
+        tl_write_file(bad, broken[i]);
+        r = RUN(ws2, "compute", "create", "cl-cfg", "--type", "testcloud", "--config", bad);
+        TL_ASSERT_EXIT(r, 3);
+        ASSERT_HAS(r.err, "line 1");
+        tl_result_free(&r);
+    }
+    assert_absent(ws2, SECRET);
+}
+
+/* An empty secret file must not wipe the stored secret (it is an error, not an unset). */
+static void t_empty_secret_file_refused_stored_value_kept(void)
+{
+    const char *ws = new_ws();
+    tl_result r = run(ws, SECRET "\n", NULL,
+                      (const char *const[]){"compute", "attach", "vm-keep", "--type", "testssh",
+                                            "--set", "address=10.0.6.1", "--set", "username=ml",
+                                            "--password-stdin", NULL});
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    const char *f = fmt("%s/empty", scratch("empty"));
+    tl_write_file(f, "");
+    r = RUN(ws, "compute", "attach", "vm-empty", "--type", "testssh", "--set",
+            "address=10.0.6.2", "--set", "username=ml", "--set", fmt("password=@%s", f));
+    TL_ASSERT_EXIT(r, 3);
+    ASSERT_HAS(r.err, "empty");
+    tl_result_free(&r);
+    r = run(ws, "", NULL,
+            (const char *const[]){"compute", "attach", "vm-empty", "--type", "testssh", "--set",
+                                  "address=10.0.6.2", "--set", "username=ml",
+                                  "--password-stdin", NULL});
+    TL_ASSERT_EXIT(r, 3);
+    tl_result_free(&r);
+    assert_stored_only_in_secret_store(ws, SECRET);
+}
+
 static void add(CU_pSuite s)
 {
     TL_ADD(s, t_password_stdin_stored_masked_never_printed);
@@ -629,6 +702,8 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_update_replaces_and_reference_drops_stored_value);
     TL_ADD(s, t_detach_and_delete_remove_stored_secrets);
     TL_ADD(s, t_secret_files_private_even_with_umask_000);
+    TL_ADD(s, t_secret_in_config_file_stored_masked_never_printed);
+    TL_ADD(s, t_empty_secret_file_refused_stored_value_kept);
 }
 
 int main(int argc, char **argv)

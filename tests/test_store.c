@@ -322,6 +322,14 @@ static void t_open_errors_name_the_path(void)
     char *still = tl_read_file(junkdb);
     CU_ASSERT(still && !strncmp(still, "this is not an SQLite", 21)); /* not overwritten */
     free(still);
+    /* the workspace path itself is a regular file */
+    char *wsfile = tl_path(d, "wsfile");
+    tl_write_file(wsfile, "x");
+    expect_open_error(wsfile, NULL);
+    char *wsfile_still = tl_read_file(wsfile);
+    CU_ASSERT(wsfile_still && !strcmp(wsfile_still, "x"));
+    free(wsfile_still);
+    free(wsfile);
     /* a directory where the database file should be */
     char *dirdb = tl_path(d, "dirdb");
     char *dirdb_db = tl_path(dirdb, "workspace.db");
