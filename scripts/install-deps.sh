@@ -4,7 +4,7 @@
 set -eu
 pkgs="build-essential autoconf automake libtool pkg-config
       libsqlite3-dev libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev
-      libcunit1-dev python3 openssl binutils"
+      libcunit1-dev python3 openssl binutils git"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
