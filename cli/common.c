@@ -76,6 +76,13 @@ void cli_setup_diagnostics(cli *c)
     ctarget_log_level lvl = c->quiet ? CTARGET_LOG_ERROR
                             : c->verbose >= 2 ? CTARGET_LOG_DEBUG
                             : c->verbose == 1 ? CTARGET_LOG_INFO : CTARGET_LOG_WARN;
+    /* CTARGET_LOG=info|debug: the same for processes nobody passes -v to (run monitors,
+     * which inherit the environment of the command that started them) */
+    const char *env = getenv("CTARGET_LOG");
+    if (env && !c->quiet && !strcmp(env, "debug"))
+        lvl = CTARGET_LOG_DEBUG;
+    else if (env && !c->quiet && !strcmp(env, "info") && lvl > CTARGET_LOG_INFO)
+        lvl = CTARGET_LOG_INFO;
     ctarget_set_log_handler(on_log, NULL, lvl);
     ps.tty = isatty(2);
     if (!c->quiet)

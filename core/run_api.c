@@ -174,6 +174,8 @@ json_t *run_render(ctarget_ws *ws, json_t *row)
     json_object_set(o, "framework", json_object_get(cfg, "framework"));
     json_object_set(o, "timeout_seconds", json_object_get(cfg, "timeout_seconds"));
     json_object_set_new(o, "environment", env_view(json_object_get(cfg, "environment")));
+    /* what the target's plugin recorded to find the run again (pids, paths, bytes shipped) */
+    json_object_set(o, "handle", json_object_get(row, "handle"));
     pid_t holder = run_monitor_holder(ws->dir, id);
     json_object_set_new(o, "monitor", json_pack("{s:O, s:b, s:O}", "pid",
                                                 json_object_get(row, "monitor_pid"), "alive",

@@ -156,7 +156,13 @@ static int start_run(mon *m, ending *e)
     move_if(m, CTARGET_RUN_STARTING, "monitor started");
     move_if(m, CTARGET_RUN_PREPARING, "shipping the snapshot, building the environment");
     if (call_op(m, "prepare", m->rt->pl->run.prepare, &err)) {
-        set_ending(e, CTARGET_RUN_FAILED, "environment build failed: %s", err.message);
+        /* reaching the target is not building an environment: say which one failed */
+        if (err.code == CTARGET_E_UNREACHABLE || err.code == CTARGET_E_TIMEOUT ||
+            err.code == CTARGET_E_AUTH || err.code == CTARGET_E_HOSTKEY)
+            set_ending(e, CTARGET_RUN_FAILED, "could not prepare the run on the target: %s",
+                       err.message);
+        else
+            set_ending(e, CTARGET_RUN_FAILED, "environment build failed: %s", err.message);
         return 1;
     }
     mon_refresh(m);

@@ -1,0 +1,212 @@
+/* The remote agent: agent.py, compiled into the plugin (agent_py.h is generated from it) and
+ * installed on the VM as <remote_root>/bin/ctarget-agent-<hash>.py the first time a command
+ * finds it missing.  The hash names the version, so plugins of different versions sharing a
+ * VM never run each other's agent.
+ *
+ * Every call is `python3 -c BOOT ROOT HASH VERB ARGS...`: BOOT finds the installed agent (exit
+ * 99 when absent).  All words on that command line are quoted; user data (arguments,
+ * environment values, paths) never goes there, it goes on standard input. */
+#include "config.h"
+
+#include "remotevm.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent_py.h"
+
+#define AGENT_MISSING 99
+
+static const char BOOT[] =
+    "import os,sys;r=os.path.expanduser(sys.argv[1]);"
+    "f=r+\"/bin/ctarget-agent-\"+sys.argv[2]+\".py\";"
+    "os.path.exists(f) or sys.exit(99);sys.argv=[f,r]+sys.argv[2:];"
+    "exec(compile(open(f,\"rb\").read(),f,\"exec\"),{\"__name__\":\"__main__\",\"__file__\":f})";
+
+static const char INSTALL[] =
+    "import os,sys;r=os.path.expanduser(sys.argv[1]);d=r+\"/bin\";"
+    "os.makedirs(d,0o700,exist_ok=True);os.chmod(r,0o700);"
+    "f=d+\"/ctarget-agent-\"+sys.argv[2]+\".py\";t=f+\".tmp%d\"%os.getpid();"
+    "o=open(t,\"wb\");o.write(sys.stdin.buffer.read());o.close();os.rename(t,f)";
+
+static const char *agent_hash(void)
+{
+    static char hex[17];
+    if (!*hex) {
+        uint64_t h = 1469598103934665603ULL; /* FNV-1a: names a version, not a security check */
+        for (const unsigned char *p = (const unsigned char *)rv_agent_src; *p; p++) {
+            h ^= *p;
+            h *= 1099511628211ULL;
+        }
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    }
+    return hex;
+}
+
+static char *command(const ctarget_host *h, const ctarget_target *t, const char *code,
+                     const char *verb, const char *const *args)
+{
+    const char *root = h->config_get0(t, "remote_root");
+    if (!root || !*root)
+        root = "~/.ctarget";
+    rv_buf b = {0};
+    char *q = rv_shell_quote(code);
+    rv_buf_adds(&b, "exec python3 -c ");
+    rv_buf_adds(&b, q);
+    free(q);
+    rv_buf_adds(&b, " ");
+    q = rv_shell_quote(root);
+    rv_buf_adds(&b, q);
+    free(q);
+    rv_buf_adds(&b, " ");
+    rv_buf_adds(&b, agent_hash());
+    if (verb) {
+        rv_buf_adds(&b, " ");
+        q = rv_shell_quote(verb);
+        rv_buf_adds(&b, q);
+        free(q);
+    }
+    for (size_t i = 0; args && args[i]; i++) {
+        q = rv_shell_quote(args[i]);
+        rv_buf_adds(&b, " ");
+        rv_buf_adds(&b, q);
+        free(q);
+    }
+    return b.data;
+}
+
+static ctarget_status run_once(const ctarget_host *h, ctarget_call *c, rv_conn *cn,
+                               const char *cmd, rv_producer produce, void *parg,
+                               const void *in, size_t in_len, ctarget_write_fn sink,
+                               void *sink_arg, int *status, char *tail, size_t tail_len,
+                               ctarget_error *err)
+{
+    rv_exec *ex = NULL;
+    ctarget_status rc = rv_exec_open(cn, c, cmd, sink, sink_arg, &ex, err);
+    if (rc != CTARGET_OK)
+        return rc;
+    if (produce)
+        rc = produce(parg, ex, err);
+    else if (in && in_len)
+        rc = rv_exec_write(ex, in, in_len, err);
+    if (rc != CTARGET_OK) {
+        /* the command may have failed first: its message says more than "stopped reading" */
+        if (rc == CTARGET_E_REMOTE &&
+            rv_exec_finish(ex, status, tail, tail_len, err) == CTARGET_OK && *status != 0)
+            return CTARGET_OK;
+        if (rc == CTARGET_E_REMOTE)
+            return rc;
+        rv_exec_abort(ex);
+        return rc;
+    }
+    (void)h;
+    return rv_exec_finish(ex, status, tail, tail_len, err);
+}
+
+ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
+                             const char *verb, const char *const *args, rv_producer produce,
+                             void *parg, const void *in, size_t in_len, ctarget_write_fn sink,
+                             void *sink_arg, int *exit_status, ctarget_error *err)
+{
+    char tail[1024] = "";
+    int status = 0;
+    ctarget_status rc = CTARGET_OK;
+    char *cmd = command(h, t, BOOT, verb, args);
+    int installed = 0, retried = 0;
+    int64_t t0 = h->monotonic_ns();
+    for (;;) {
+        rv_conn *cn = NULL;
+        rc = rv_conn_get(h, c, t, &cn, err);
+        if (rc != CTARGET_OK)
+            break;
+        if (sink)
+            sink(sink_arg, NULL, 0); /* (re)start: forget what an earlier attempt delivered */
+        rc = run_once(h, c, cn, cmd, produce, parg, in, in_len, sink, sink_arg, &status, tail,
+                      sizeof tail, err);
+        if (rc != CTARGET_OK) {
+            /* one more try on a fresh connection when the old one dropped (every verb is
+             * idempotent); rv_conn_get backs off while the server comes back */
+            if (err->transient && !retried) {
+                retried = 1;
+                rv_conn_drop(h, t);
+                continue;
+            }
+            break;
+        }
+        if (status == AGENT_MISSING && !installed) {
+            installed = 1;
+            char *ic = command(h, t, INSTALL, NULL, NULL);
+            int is = 0;
+            char itail[1024] = "";
+            rc = run_once(h, c, cn, ic, NULL, NULL, rv_agent_src, strlen(rv_agent_src), NULL,
+                          NULL, &is, itail, sizeof itail, err);
+            free(ic);
+            if (rc == CTARGET_OK && is != 0) {
+                h->error_set(err, is == 127 ? CTARGET_E_UNSUPPORTED : CTARGET_E_REMOTE, 0, 0,
+                             is == 127 ? "%s: python3 is not installed; ctarget's remote "
+                                         "agent needs it (sudo apt-get install python3)"
+                                       : "%s: cannot install ctarget's agent under "
+                                         "remote_root: %s",
+                             rv_conn_where(cn), itail);
+                rc = err->code;
+            }
+            if (rc != CTARGET_OK)
+                break;
+            continue;
+        }
+        if (exit_status)
+            *exit_status = status;
+        h->log(c, CTARGET_LOG_DEBUG, "agent %s: exit %d after %lld ms", verb, status,
+               (long long)((h->monotonic_ns() - t0) / 1000000));
+        if (status != 0) {
+            const char *m = tail;
+            if (!strncmp(m, "ctarget-agent: ", 15))
+                m += 15;
+            ctarget_status code = status == 127 ? CTARGET_E_UNSUPPORTED
+                                  : status == 6 ? CTARGET_E_NOT_FOUND
+                                  : status == 5 ? CTARGET_E_UNSUPPORTED
+                                                : CTARGET_E_REMOTE;
+            if (status == 127)
+                h->error_set(err, code, 0, 0,
+                             "%s: python3 is not installed; ctarget's remote agent needs it "
+                             "(sudo apt-get install python3)", rv_conn_where(cn));
+            else
+                h->error_set(err, code, 0, 0, "%s: %s", rv_conn_where(cn),
+                             *m ? m : status < 0 ? "the agent was killed by a signal"
+                                                 : "the agent failed with no message");
+            err->sys_errno = 0;
+            rc = code;
+        }
+        break;
+    }
+    free(cmd);
+    return rc;
+}
+
+static int buf_sink(void *arg, const void *data, size_t len)
+{
+    rv_buf *b = arg;
+    if (!data) {
+        b->len = 0;
+        return 0;
+    }
+    return rv_buf_add(b, data, len);
+}
+
+ctarget_status rv_agent(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
+                        const char *verb, const char *const *args, const void *stdin_data,
+                        size_t stdin_len, rv_buf *out, int *exit_status, ctarget_error *err)
+{
+    return rv_agent_call(h, c, t, verb, args, NULL, NULL, stdin_data, stdin_len,
+                         out ? buf_sink : NULL, out, exit_status, err);
+}
+
+ctarget_status rv_agent_stream(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
+                               const char *verb, const char *const *args, rv_producer produce,
+                               void *produce_arg, rv_buf *out, int *exit_status,
+                               ctarget_error *err)
+{
+    return rv_agent_call(h, c, t, verb, args, produce, produce_arg, NULL, 0,
+                         out ? buf_sink : NULL, out, exit_status, err);
+}
