@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "agent_py.h"
 
 #define AGENT_MISSING 99
@@ -104,6 +106,105 @@ static ctarget_status run_once(const ctarget_host *h, ctarget_call *c, rv_conn *
     return rv_exec_finish(ex, status, tail, tail_len, err);
 }
 
+static int buf_sink(void *arg, const void *data, size_t len);
+
+/* One verb over the connection's `serve` channel (opened on first use): no new process on the
+ * machine per call.  On the channel's end before an answer, *status gets its exit status (99:
+ * the agent is not installed). */
+static ctarget_status serve_once(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
+                                 rv_conn *cn, const char *verb, const char *const *args,
+                                 rv_producer produce, void *parg, const void *in,
+                                 size_t in_len, rv_buf *out, int *status, char *tail,
+                                 size_t tail_len, ctarget_error *err)
+{
+    rv_exec **slot = rv_conn_serve(cn);
+    rv_buf *sb = rv_conn_serve_buf(cn);
+    ctarget_status rc;
+    if (!*slot) {
+        char *cmd = command(h, t, BOOT, "serve", NULL);
+        sb->len = 0;
+        rc = rv_exec_open(cn, c, cmd, rv_buf_write, sb, slot, err);
+        free(cmd);
+        if (rc != CTARGET_OK)
+            return rc;
+    }
+    rv_exec *ex = *slot;
+    rv_exec_set_call(ex, c);
+    json_t *a = json_array();
+    for (size_t i = 0; args && args[i]; i++) {
+        json_t *s = json_string(args[i]);
+        if (!s) {
+            json_decref(a);
+            h->error_set(err, CTARGET_E_CONFIG, 0, 0, "'%s' is not valid UTF-8", args[i]);
+            return CTARGET_E_CONFIG;
+        }
+        json_array_append_new(a, s);
+    }
+    json_t *req = json_pack("{s:s, s:o, s:I}", "verb", verb, "args", a, "len",
+                            produce ? (json_int_t)-1 : (json_int_t)in_len);
+    char *line = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    rc = rv_exec_write(ex, line, strlen(line), err);
+    free(line);
+    if (rc == CTARGET_OK)
+        rc = rv_exec_write(ex, "\n", 1, err);
+    if (rc == CTARGET_OK && produce) {
+        rv_exec_set_framed(ex, 1);
+        rc = produce(parg, ex, err);
+        rv_exec_set_framed(ex, 0);
+        if (rc == CTARGET_OK)
+            rc = rv_exec_write(ex, "0\n", 2, err);
+        /* a stream that stopped half way leaves the agent waiting for the rest: closing
+         * the channel ends it (the blobs already stored stay valid) */
+    } else if (rc == CTARGET_OK && in_len) {
+        rc = rv_exec_write(ex, in, in_len, err);
+    }
+    while (rc == CTARGET_OK) {
+        char *nl = sb->len ? memchr(sb->data, '\n', sb->len) : NULL;
+        if (nl) {
+            size_t hl = (size_t)(nl - sb->data) + 1;
+            json_t *hd = json_loadb(sb->data, hl - 1, 0, NULL);
+            json_int_t n = json_integer_value(json_object_get(hd, "len"));
+            if (!json_is_object(hd) || n < 0) {
+                json_decref(hd);
+                h->error_set(err, CTARGET_E_REMOTE, 1, 0, "the agent's answer is damaged");
+                rc = CTARGET_E_REMOTE;
+                break;
+            }
+            if (sb->len >= hl + (size_t)n) {
+                if (out)
+                    rv_buf_add(out, sb->data + hl, (size_t)n);
+                *status = (int)json_integer_value(json_object_get(hd, "exit"));
+                snprintf(tail, tail_len, "%s",
+                         json_string_value(json_object_get(hd, "err")) ?
+                             json_string_value(json_object_get(hd, "err")) : "");
+                memmove(sb->data, sb->data + hl + n, sb->len - hl - (size_t)n);
+                sb->len -= hl + (size_t)n;
+                json_decref(hd);
+                return CTARGET_OK;
+            }
+            json_decref(hd);
+        }
+        int eof = 0;
+        rc = rv_exec_pump(ex, &eof, err);
+        if (rc == CTARGET_OK && eof) {
+            *slot = NULL;
+            rc = rv_exec_finish(ex, status, tail, tail_len, err);
+            if (rc == CTARGET_OK && *status == 0) {
+                h->error_set(err, CTARGET_E_REMOTE, 1, 0, "the agent ended without answering");
+                rc = CTARGET_E_REMOTE;
+            }
+            return rc;
+        }
+    }
+    /* the channel is unusable now */
+    if (*slot) {
+        rv_exec_abort(*slot);
+        *slot = NULL;
+    }
+    return rc;
+}
+
 ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
                              const char *verb, const char *const *args, rv_producer produce,
                              void *parg, const void *in, size_t in_len, ctarget_write_fn sink,
@@ -122,8 +223,12 @@ ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_tar
             break;
         if (sink)
             sink(sink_arg, NULL, 0); /* (re)start: forget what an earlier attempt delivered */
-        rc = run_once(h, c, cn, cmd, produce, parg, in, in_len, sink, sink_arg, &status, tail,
-                      sizeof tail, err);
+        if (!sink || sink == buf_sink)
+            rc = serve_once(h, c, t, cn, verb, args, produce, parg, in, in_len, sink_arg,
+                            &status, tail, sizeof tail, err);
+        else
+            rc = run_once(h, c, cn, cmd, produce, parg, in, in_len, sink, sink_arg, &status,
+                          tail, sizeof tail, err);
         if (rc != CTARGET_OK) {
             /* one more try on a fresh connection when the old one dropped (every verb is
              * idempotent); rv_conn_get backs off while the server comes back */

@@ -5,6 +5,7 @@
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -50,6 +51,13 @@ def blob_path(sha):
 
 def run_dir(rid):
     return os.path.join(ROOT, 'runs', ok_id(rid, 'run id'))
+
+
+def write_all(fd, b):
+    view = memoryview(b)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def write_atomic(path, data):
@@ -311,13 +319,21 @@ def v_receive(args):
     tmpd = os.path.join(ROOT, 'tmp')
     mkdirs(tmpd)
     mkdirs(os.path.join(ROOT, 'snapshots'))
+    # partial files of uploads that were cut off (another upload may be running: only old
+    # ones, and the ones of this process id, which is not running any more)
     now = time.time()
-    for n in os.listdir(tmpd):
+    for sub in os.listdir(tmpd):
+        sd = os.path.join(tmpd, sub)
         try:
-            if now - os.lstat(os.path.join(tmpd, n)).st_mtime > 3600:
-                os.unlink(os.path.join(tmpd, n))
+            names = os.listdir(sd)
         except OSError:
-            pass
+            continue
+        for n in names:
+            try:
+                if now - os.lstat(os.path.join(sd, n)).st_mtime > 3600:
+                    os.unlink(os.path.join(sd, n))
+            except OSError:
+                pass
     t = TarIn(sys.stdin.buffer)
     manifest = None
     delta = None
@@ -338,19 +354,26 @@ def v_receive(args):
         if not name.startswith(b'blobs/'):
             die(3, 'refused tar entry %r' % name)
         sha = ok_sha(name[6:].decode('ascii', 'replace'))
-        tmp = os.path.join(tmpd, '%s.%d' % (sha, os.getpid()))
+        # partial files in tmp/<xx>/, never under blobs/; small directories (one tmp/
+        # directory of 10,000 entries made every create scan it)
+        d = os.path.join(ROOT, 'blobs', sha[:2])
+        td = os.path.join(tmpd, sha[:2])
+        if d not in made:
+            mkdirs(d)
+            mkdirs(td)
+            made.add(d)
+        tmp = os.path.join(td, '%s.%d' % (sha, os.getpid()))
         h = hashlib.sha256()
-        with open(tmp, 'wb') as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
             for b in t.read_data(size):
                 h.update(b)
-                f.write(b)
+                write_all(fd, b)
+        finally:
+            os.close(fd)
         if h.hexdigest() != sha:
             os.unlink(tmp)
             die(3, 'blob %s arrived damaged (its sha256 is %s)' % (sha, h.hexdigest()))
-        d = os.path.join(ROOT, 'blobs', sha[:2])
-        if d not in made:
-            mkdirs(d)
-            made.add(d)
         os.rename(tmp, os.path.join(d, sha))
         nblobs += 1
         nbytes += size
@@ -400,7 +423,9 @@ def v_receive(args):
     if missing:
         out_json({'missing': sorted(set(missing))})
         die(4, '%d blobs of snapshot %s are missing on this machine' % (len(set(missing)), sid))
-    os.sync()
+    # No sync of the blobs (that alone cost more than the transfer): a blob torn by a crash
+    # has the wrong size (ordered-mode file systems), which `missing` and `materialize`
+    # check; materialize then drops the snapshot record so the plugin ships it again.
     write_atomic(os.path.join(ROOT, 'snapshots', sid + '.jsonl'), body)
     out_json({'blobs': nblobs, 'bytes': nbytes})
 
@@ -430,6 +455,7 @@ def copy_file(src, dst, mode):
             os.close(fo)
     finally:
         os.close(fi)
+    return size
 
 
 def v_materialize(args):
@@ -475,9 +501,18 @@ def v_materialize(args):
         elif t == 'file':
             sha = ok_sha(e.get('sha256', ''))
             try:
-                copy_file(blob_path(sha), full, e.get('mode', 0o644) & 0o777)
+                n = copy_file(blob_path(sha), full, e.get('mode', 0o644) & 0o777)
             except FileNotFoundError:
-                die(4, 'blob %s (%s) is missing from the cache' % (sha, e['path']))
+                n = -1
+            if n != e.get('size'):
+                # lost or torn (a crash before write-back): forget the snapshot, so that the
+                # next `begin` says it is not here and the plugin ships what is missing
+                for p2 in (blob_path(sha), os.path.join(ROOT, 'snapshots', sid + '.jsonl')):
+                    try:
+                        os.unlink(p2)
+                    except OSError:
+                        pass
+                die(4, 'blob %s (%s) is missing or damaged in the cache' % (sha, e['path']))
         elif t == 'symlink':
             links.append((full, os.fsencode(e.get('target', ''))))
         else:
@@ -897,7 +932,95 @@ def v_gc(args):
     out_json({'removed': removed, 'bytes': nbytes})
 
 
-VERBS = {'facts': v_facts, 'begin': v_begin, 'missing': v_missing, 'receive': v_receive,
+class Chunked(object):
+    """Standard input of a streamed verb over `serve`: frames "<hex length>\\n<bytes>",
+    ended by "0\\n"."""
+
+    def __init__(self, f):
+        self.f, self.left, self.done = f, 0, False
+        self.buffer = self
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = 1 << 62
+        out, got = [], 0
+        while got < n and not self.done:
+            if not self.left:
+                line = self.f.readline()
+                if not line:
+                    die(3, 'the upload ended early (connection dropped?)')
+                self.left = int(line, 16)
+                if not self.left:
+                    self.done = True
+                    break
+            b = self.f.read(min(self.left, n - got))
+            if not b:
+                die(3, 'the upload ended early (connection dropped?)')
+            self.left -= len(b)
+            got += len(b)
+            out.append(b)
+        return b''.join(out)
+
+    def drain(self):
+        while not self.done:
+            self.read(CHUNK)
+
+
+def v_serve(args):
+    """Many verbs over one channel (one interpreter start per connection).  Request: a JSON
+    line {"verb", "args", "len"} then len bytes of standard input; answer: a JSON line
+    {"exit", "len", "err"} then len bytes of standard output."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    real_in, real_out = sys.stdin, sys.stdout
+    while True:
+        line = inp.readline()
+        if not line:
+            return
+        try:
+            req = json.loads(line.decode())
+            verb, vargs, n = req['verb'], [str(a) for a in req['args']], int(req['len'])
+        except (ValueError, KeyError, TypeError):
+            die(2, 'bad serve request %r' % line[:80])
+        chunked = None
+        if n < 0:  # a streamed verb: its input follows in frames
+            chunked = Chunked(inp)
+            sys.stdin = chunked
+        else:
+            data = inp.read(n) if n else b''
+            if len(data) != n:
+                return
+            sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+        body = io.BytesIO()
+        sys.stdout = io.TextIOWrapper(body, write_through=True)
+        code, err = 0, ''
+        try:
+            if verb not in VERBS or verb == 'serve' or (verb in STREAMED and not chunked):
+                die(2, 'verb %r cannot be served' % verb)
+            if len(vargs) < NARGS.get(verb, 0):
+                die(2, '%s needs %d arguments' % (verb, NARGS[verb]))
+            VERBS[verb](vargs)
+        except Fail as e:
+            code, err = e.code, str(e)
+        except OSError as e:
+            code, err = 1, '%s: %s' % (e.filename or verb, e.strerror)
+        try:
+            sys.stdout.flush()
+        except ValueError:
+            pass
+        if chunked:  # keep in step with the client, whatever the verb read
+            try:
+                chunked.drain()
+            except Fail:
+                return
+        res = body.getvalue()
+        sys.stdin, sys.stdout = real_in, real_out
+        out.write(json.dumps({'exit': code, 'len': len(res), 'err': err}).encode() + b'\n')
+        out.write(res)
+        out.flush()
+
+
+STREAMED = ('receive', 'pack')
+VERBS = {'serve': v_serve, 'facts': v_facts, 'begin': v_begin, 'missing': v_missing, 'receive': v_receive,
          'materialize': v_materialize, 'env': v_env, 'start': v_start, 'poll': v_poll,
          'cancel': v_cancel, 'pack': v_pack, 'cleanup': v_cleanup, 'gc': v_gc}
 NARGS = {'begin': 1, 'receive': 1, 'materialize': 2, 'env': 4, 'start': 1, 'poll': 4,

@@ -57,6 +57,14 @@ ctarget_status rv_exec_write(rv_exec *ex, const void *data, size_t len, ctarget_
 ctarget_status rv_exec_finish(rv_exec *ex, int *exit_status, char *stderr_tail,
                               size_t tail_len, ctarget_error *err);
 void rv_exec_abort(rv_exec *ex);
+/* Read what arrives (waiting for it); *eof once the command's output ended. */
+ctarget_status rv_exec_pump(rv_exec *ex, int *eof, ctarget_error *err);
+void rv_exec_set_call(rv_exec *ex, ctarget_call *c);
+/* Frame every write as "<hex length>\n<bytes>" (a streamed input over the serve channel). */
+void rv_exec_set_framed(rv_exec *ex, int on);
+/* The connection's long-lived agent channel (`serve`) and its unread output. */
+rv_exec **rv_conn_serve(rv_conn *cn);
+rv_buf *rv_conn_serve_buf(rv_conn *cn);
 /* Bytes written to standard input over the connection's life (for "shipped N bytes"). */
 uint64_t rv_conn_bytes_out(const rv_conn *cn);
 

@@ -216,7 +216,15 @@ static ctarget_status rv_prepare(void *ctx, ctarget_call *c, ctarget_target *t,
            st.delta ? " as a delta" : "");
     const char *margs[] = {run->id, run->snapshot_id, NULL};
     h->progress(c, "materializing", 0, 0);
-    rc = rv_agent(h, c, t, "materialize", margs, NULL, 0, NULL, NULL, err);
+    int status = 0;
+    rc = rv_agent(h, c, t, "materialize", margs, NULL, 0, NULL, &status, err);
+    if (rc != CTARGET_OK && status == 4) {
+        /* the machine's cache lost a blob (it dropped the snapshot record): ship again */
+        h->log(c, CTARGET_LOG_WARN, "%s; shipping the snapshot again", err->message);
+        rc = rv_ship_snapshot(h, c, t, run->snapshot_id, &st, err);
+        if (rc == CTARGET_OK)
+            rc = rv_agent(h, c, t, "materialize", margs, NULL, 0, NULL, NULL, err);
+    }
     if (rc != CTARGET_OK)
         return rc;
     const char *python = run->python && *run->python ? run->python : h->config_get0(t, "python");

@@ -170,18 +170,42 @@ typedef struct tfilter {
     uint64_t sent;
     uint64_t manifest_bytes;
     int delta;
+    char *obuf;          /* OUTBUF bytes waiting to be written */
+    size_t olen;
 } tfilter;
+
+/* The core's writer hands over 10 KB blocks; SSH packets and their MACs cost per write, so
+ * the stream goes out in 256 KB pieces. */
+#define OUTBUF (256 * 1024)
+
+static int flush_out(tfilter *f)
+{
+    if (!f->ex || !f->olen)
+        return 0;
+    ctarget_status rc = rv_exec_write(f->ex, f->obuf, f->olen, f->err);
+    f->sent += f->olen;
+    f->olen = 0;
+    if (rc != CTARGET_OK) {
+        f->rc = rc;
+        return 1;
+    }
+    return 0;
+}
 
 static int forward(tfilter *f, const void *data, size_t len)
 {
     if (!f->ex || !len)
         return 0;
-    ctarget_status rc = rv_exec_write(f->ex, data, len, f->err);
-    if (rc != CTARGET_OK) {
-        f->rc = rc;
-        return 1;
+    const char *p = data;
+    while (len) {
+        if (f->olen == OUTBUF && flush_out(f))
+            return 1;
+        size_t k = OUTBUF - f->olen < len ? OUTBUF - f->olen : len;
+        memcpy(f->obuf + f->olen, p, k);
+        f->olen += k;
+        p += k;
+        len -= k;
     }
-    f->sent += len;
     return 0;
 }
 
@@ -519,8 +543,16 @@ static ctarget_status produce_tar(void *arg, rv_exec *ex, ctarget_error *err)
     f.rc = CTARGET_OK;
     f.base = ra->use_base ? &sp->base : NULL;
     tctx x = {&f, sp};
+    f.obuf = malloc(OUTBUF);
+    if (!f.obuf) {
+        sp->h->error_set(err, CTARGET_E_NOMEM, 0, 0, "out of memory");
+        return CTARGET_E_NOMEM;
+    }
     ctarget_status rc = sp->h->snapshot_write_tar(sp->c, sp->id, want_missing, sp, 0,
                                                   filter_write, &x, err);
+    if (rc == CTARGET_OK && f.rc == CTARGET_OK)
+        flush_out(&f);
+    free(f.obuf);
     if (f.rc != CTARGET_OK)
         rc = f.rc;
     sp->st->stream_bytes = f.sent;

@@ -35,6 +35,8 @@ struct rv_conn {
     long io_timeout_ms;
     uint64_t bytes_out;
     int dead;
+    rv_exec *serve;    /* the agent's `serve` channel, once opened */
+    rv_buf serve_buf;  /* its output not yet consumed */
 };
 
 struct rv_exec {
@@ -48,6 +50,7 @@ struct rv_exec {
     char errtail[2048];
     size_t errlen;
     int eof_out, eof_err;
+    int framed; /* each write goes out as "<hex length>\n<bytes>" */
 };
 
 static const ctarget_host *H;
@@ -577,6 +580,9 @@ static void conn_free(rv_conn *cn)
 {
     if (!cn)
         return;
+    if (cn->serve)
+        rv_exec_abort(cn->serve);
+    rv_buf_free(&cn->serve_buf);
     if (cn->s) {
         if (!cn->dead) {
             libssh2_session_set_blocking(cn->s, 1);
@@ -616,6 +622,7 @@ static ctarget_status conn_open(ctarget_call *c, const ctarget_target *t, rv_con
     long timeout_ms = (tos ? atol(tos) : 10) * 1000;
     if (timeout_ms <= 0)
         timeout_ms = 10000;
+    int64_t t0 = H->monotonic_ns();
     rv_conn *cn = calloc(1, sizeof *cn);
     if (!cn) {
         H->error_set(err, CTARGET_E_NOMEM, 0, 0, "out of memory");
@@ -667,6 +674,10 @@ static ctarget_status conn_open(ctarget_call *c, const ctarget_target *t, rv_con
     }
     libssh2_keepalive_config(cn->s, 0, 30);
     libssh2_session_set_blocking(cn->s, 0);
+    H->log(c, CTARGET_LOG_DEBUG, "connected to %s in %lld ms (%s, %s)", cn->where,
+           (long long)((H->monotonic_ns() - t0) / 1000000),
+           libssh2_session_methods(cn->s, LIBSSH2_METHOD_CRYPT_CS),
+           libssh2_session_methods(cn->s, LIBSSH2_METHOD_MAC_CS));
     *out = cn;
     return CTARGET_OK;
 }
@@ -723,6 +734,16 @@ void rv_conn_drop(const ctarget_host *h, ctarget_target *t)
 const char *rv_conn_where(const rv_conn *cn)
 {
     return cn->where;
+}
+
+rv_exec **rv_conn_serve(rv_conn *cn)
+{
+    return &cn->serve;
+}
+
+rv_buf *rv_conn_serve_buf(rv_conn *cn)
+{
+    return &cn->serve_buf;
 }
 
 uint64_t rv_conn_bytes_out(const rv_conn *cn)
@@ -873,7 +894,27 @@ static ctarget_status drain(rv_exec *ex, int *progress, ctarget_error *err)
     return CTARGET_OK;
 }
 
+static ctarget_status exec_write(rv_exec *ex, const void *data, size_t len,
+                                 ctarget_error *err);
+
 ctarget_status rv_exec_write(rv_exec *ex, const void *data, size_t len, ctarget_error *err)
+{
+    if (ex->framed && len) {
+        char head[32];
+        int n = snprintf(head, sizeof head, "%zx\n", len);
+        ctarget_status rc = exec_write(ex, head, (size_t)n, err);
+        if (rc != CTARGET_OK)
+            return rc;
+    }
+    return exec_write(ex, data, len, err);
+}
+
+void rv_exec_set_framed(rv_exec *ex, int on)
+{
+    ex->framed = on;
+}
+
+static ctarget_status exec_write(rv_exec *ex, const void *data, size_t len, ctarget_error *err)
 {
     const char *p = data;
     int64_t idle = H->monotonic_ns();
@@ -904,6 +945,37 @@ ctarget_status rv_exec_write(rv_exec *ex, const void *data, size_t len, ctarget_
             return rc;
     }
     return CTARGET_OK;
+}
+
+ctarget_status rv_exec_pump(rv_exec *ex, int *eof, ctarget_error *err)
+{
+    int progress;
+    int64_t idle = H->monotonic_ns();
+    *eof = 0;
+    ctarget_status rc = drain(ex, &progress, err);
+    if (rc != CTARGET_OK || progress)
+        return rc;
+    if (ex->eof_out || libssh2_channel_eof(ex->ch)) {
+        *eof = 1;
+        return CTARGET_OK;
+    }
+    for (;;) {
+        rc = wait_socket(ex->cn, ex->call, "waiting for the agent", &idle, err);
+        if (rc != CTARGET_OK)
+            return rc;
+        rc = drain(ex, &progress, err);
+        if (rc != CTARGET_OK || progress)
+            return rc;
+        if (ex->eof_out || libssh2_channel_eof(ex->ch)) {
+            *eof = 1;
+            return CTARGET_OK;
+        }
+    }
+}
+
+void rv_exec_set_call(rv_exec *ex, ctarget_call *c)
+{
+    ex->call = c;
 }
 
 void rv_exec_abort(rv_exec *ex)

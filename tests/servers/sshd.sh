@@ -1,0 +1,151 @@
+#!/bin/sh
+# A throwaway OpenSSH server for tests and benchmarks, on 127.0.0.1 only.
+#
+#   sshd.sh start DIR [PORT]   keys, config and a running sshd in DIR (a free port unless
+#                              PORT); writes DIR/port, DIR/pid, DIR/known_hosts,
+#                              DIR/fingerprint; user keys DIR/id_ed25519, id_ecdsa, id_rsa,
+#                              id_ed25519_pass (passphrase in DIR/passphrase); as root also a
+#                              password user (DIR/password_user, DIR/password)
+#   sshd.sh stop DIR           stops that sshd and its connections, by the PIDs it recorded
+#   sshd.sh restart DIR        stop, then start again on the same port with the same host key
+#   sshd.sh rekey DIR          new host key (a "changed host key"), then restart
+#
+# Every wait is bounded.  The server logs to DIR/sshd.log.
+set -eu
+
+cmd=${1:-}
+dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: sshd.sh start|stop|restart|rekey DIR [PORT]" >&2; exit 2; }
+SSHD=${SSHD:-/usr/sbin/sshd}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+
+free_port() {
+    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+keys() {
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+    [ -f "$dir/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C fixture-host -f "$dir/host_ed25519"
+    [ -f "$dir/host_ecdsa" ] || ssh-keygen -q -t ecdsa -N '' -C fixture-host -f "$dir/host_ecdsa"
+    [ -f "$dir/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C fixture-user -f "$dir/id_ed25519"
+    [ -f "$dir/id_ecdsa" ] || ssh-keygen -q -t ecdsa -b 256 -N '' -C fixture-user -f "$dir/id_ecdsa"
+    [ -f "$dir/id_rsa" ] || ssh-keygen -q -t rsa -b 2048 -N '' -C fixture-user -f "$dir/id_rsa"
+    if [ ! -f "$dir/id_ed25519_pass" ]; then
+        "$PY" -c 'import secrets; print(secrets.token_hex(12))' > "$dir/passphrase"
+        ssh-keygen -q -t ed25519 -N "$(cat "$dir/passphrase")" -C fixture-user-pass \
+            -f "$dir/id_ed25519_pass"
+    fi
+    cat "$dir/id_ed25519.pub" "$dir/id_ecdsa.pub" "$dir/id_rsa.pub" \
+        "$dir/id_ed25519_pass.pub" > "$dir/authorized_keys"
+    chmod 600 "$dir/authorized_keys"
+}
+
+password_user() {
+    # only as root, and only a throwaway account made for this purpose
+    [ "$(id -u)" = 0 ] || return 0
+    user=ctarget-test
+    if ! id "$user" >/dev/null 2>&1; then
+        useradd -m -s /bin/sh "$user" >/dev/null 2>&1 || return 0
+    fi
+    [ -f "$dir/password" ] || "$PY" -c 'import secrets; print(secrets.token_urlsafe(16))' > "$dir/password"
+    echo "$user:$(cat "$dir/password")" | chpasswd 2>/dev/null || { rm -f "$dir/password"; return 0; }
+    echo "$user" > "$dir/password_user"
+}
+
+config() {
+    port=$1
+    cat > "$dir/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $port
+HostKey $dir/host_ed25519
+HostKey $dir/host_ecdsa
+PidFile $dir/sshd.pid
+AuthorizedKeysFile $dir/authorized_keys
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PermitRootLogin yes
+UsePAM no
+UseDNS no
+MaxStartups 100
+MaxSessions 100
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+EOF
+}
+
+known_hosts() {
+    port=$(cat "$dir/port")
+    : > "$dir/known_hosts"
+    for k in host_ed25519 host_ecdsa; do
+        printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "$dir/$k.pub")" >> "$dir/known_hosts"
+    done
+    ssh-keygen -lf "$dir/host_ed25519.pub" | cut -d' ' -f2 > "$dir/fingerprint"
+}
+
+wait_port() {
+    i=0
+    while [ $i -lt 100 ]; do
+        if "$PY" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2).close()' "$1" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+        i=$((i + 1))
+    done
+    echo "sshd did not listen on 127.0.0.1:$1 (see $dir/sshd.log)" >&2
+    return 1
+}
+
+start() {
+    port=${1:-}
+    [ -n "$port" ] || port=$(free_port)
+    mkdir -p /run/sshd 2>/dev/null || true
+    keys
+    password_user
+    config "$port"
+    echo "$port" > "$dir/port"
+    known_hosts
+    "$SSHD" -f "$dir/sshd_config" -E "$dir/sshd.log"
+    i=0
+    while [ ! -s "$dir/sshd.pid" ] && [ $i -lt 100 ]; do sleep 0.02; i=$((i + 1)); done
+    [ -s "$dir/sshd.pid" ] || { echo "sshd did not start (see $dir/sshd.log)" >&2; exit 1; }
+    cp "$dir/sshd.pid" "$dir/pid"
+    wait_port "$port"
+}
+
+stop() {
+    [ -f "$dir/pid" ] || return 0
+    pid=$(cat "$dir/pid")
+    # the listener and the per-connection servers it forked (a real restart drops them too)
+    kids=$(pgrep -P "$pid" 2>/dev/null || true)
+    kill "$pid" 2>/dev/null || true
+    for k in $kids; do
+        kill -9 "$k" 2>/dev/null || true
+        for g in $(pgrep -P "$k" 2>/dev/null || true); do kill -9 "$g" 2>/dev/null || true; done
+    done
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.02; i=$((i + 1)); done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/pid" "$dir/sshd.pid"
+}
+
+case "$cmd" in
+start) start "${3:-}" ;;
+stop) stop ;;
+restart)
+    port=$(cat "$dir/port")
+    stop
+    start "$port"
+    ;;
+rekey)
+    port=$(cat "$dir/port")
+    stop
+    cp "$dir/known_hosts" "$dir/known_hosts.old"
+    rm -f "$dir/host_ed25519" "$dir/host_ed25519.pub" "$dir/host_ecdsa" "$dir/host_ecdsa.pub"
+    start "$port"
+    ;;
+*) echo "sshd.sh: unknown command $cmd" >&2; exit 2 ;;
+esac
