@@ -215,6 +215,7 @@ ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_tar
     ctarget_status rc = CTARGET_OK;
     char *cmd = command(h, t, BOOT, verb, args);
     int installed = 0, retried = 0;
+    char first[CTARGET_ERROR_MSG_MAX] = "";
     int64_t t0 = h->monotonic_ns();
     for (;;) {
         rv_conn *cn = NULL;
@@ -234,8 +235,16 @@ ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_tar
              * idempotent); rv_conn_get backs off while the server comes back */
             if (err->transient && !retried) {
                 retried = 1;
+                snprintf(first, sizeof first, "%s", err->message);
                 rv_conn_drop(h, t);
                 continue;
+            }
+            if (retried && *first) {
+                /* say what was lost, then why it could not be had again */
+                char again[CTARGET_ERROR_MSG_MAX];
+                snprintf(again, sizeof again, "%s", err->message);
+                h->error_set(err, err->code, err->transient, err->sys_errno,
+                             "%.500s; reconnecting failed: %.450s", first, again);
             }
             break;
         }

@@ -699,13 +699,14 @@ ctarget_status rv_conn_get(const ctarget_host *h, ctarget_call *c, ctarget_targe
         *out = cn;
         return CTARGET_OK;
     }
+    int reconnect = cn != NULL;
     if (cn)
         h->target_data_set(t, NULL, NULL); /* releases the dead one */
     /* a dropped connection (sshd restarted, network blip) gets a few quick tries; auth and
      * host-key failures are final at once */
     static const long backoff_ms[] = {0, 200, 500, 1000, 2000, 4000};
     ctarget_status rc = CTARGET_E_UNREACHABLE;
-    size_t tries = cn ? sizeof backoff_ms / sizeof backoff_ms[0] : 1;
+    size_t tries = reconnect ? sizeof backoff_ms / sizeof backoff_ms[0] : 1;
     for (size_t i = 0; i < tries; i++) {
         if (backoff_ms[i] && h->sleep_ms(c, backoff_ms[i]) != CTARGET_OK) {
             h->error_set(err, CTARGET_E_CANCELED, 0, 0, "canceled");
@@ -714,6 +715,9 @@ ctarget_status rv_conn_get(const ctarget_host *h, ctarget_call *c, ctarget_targe
         rv_conn *n = NULL;
         rc = conn_open(c, t, &n, err);
         if (rc == CTARGET_OK) {
+            if (reconnect)
+                h->log(c, CTARGET_LOG_WARN, "the connection to %s dropped; reconnected%s",
+                       n->where, i ? " after retrying" : "");
             h->target_data_set(t, n, conn_release);
             *out = n;
             return CTARGET_OK;
