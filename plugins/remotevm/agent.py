@@ -598,6 +598,49 @@ def proc_start(pid):
         return None
 
 
+def subreaper():
+    """Orphans of the script become the wrapper's children (Linux), so none is left
+    behind unseen."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def children():
+    me, out = os.getpid(), []
+    for n in os.listdir('/proc'):
+        if n.isdigit():
+            try:
+                with open('/proc/%s/stat' % n, 'rb') as f:
+                    s = f.read()
+                if int(s[s.rindex(b')') + 2:].split()[1]) == me:
+                    out.append(int(n))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def reap_all():
+    """Kill and reap whatever the script left (processes that left its group too)."""
+    for _ in range(200):
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        kids = children()
+        if not kids:
+            return
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+
+
 def wrapper(rd, argv, env, grace, docker_name, engine):
     """Runs detached (session leader); the script in its own process group."""
     canceled = [False]
@@ -628,6 +671,7 @@ def wrapper(rd, argv, env, grace, docker_name, engine):
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    subreaper()
     log = os.open(os.path.join(rd, 'std_log.txt'), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     src = os.path.join(rd, 'src')
     pid = os.fork()
@@ -672,6 +716,7 @@ def wrapper(rd, argv, env, grace, docker_name, engine):
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
+    reap_all()
     write_atomic(os.path.join(rd, 'exit_status'), json.dumps(res).encode())
 
 
