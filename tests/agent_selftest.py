@@ -140,6 +140,56 @@ class Agent(unittest.TestCase):
         p = os.path.join(self.root, "blobs", sha(a)[:2], sha(a))
         self.assertEqual(read(p), a)
 
+    def test_straight_into_a_run(self):
+        a, b = b"alpha\n", b"beta\n"
+        ents = [entry("d", "dir"), entry("d/a", "file", a), entry("d/a2", "file", a),
+                entry("b", "file", b, 0o700), entry("l", "symlink", target="d/a")]
+        sid, full, _ = manifest(ents)
+        t = tar_of([("manifest.jsonl", full), ("blobs/" + sha(a), a), ("blobs/" + sha(b), b)])
+        j = json.loads(self.agent("receive", sid, "r1", stdin=t).stdout)
+        self.assertTrue(j["direct"])
+        src = os.path.join(self.root, "runs", "r1", "src")
+        tr = self.tree(src)
+        self.assertEqual((tr["d/a"], tr["d/a2"], tr["b"], tr["l"]),
+                         (("file", a, 0o644), ("file", a, 0o644), ("file", b, 0o700),
+                          ("link", "d/a")))
+        # the cache is filled from the run's tree in the background; `begin` waits for it
+        self.assertTrue(json.loads(self.agent("begin", sid).stdout)["have"])
+        for blob in (a, b):
+            self.assertEqual(read(os.path.join(self.root, "blobs", sha(blob)[:2], sha(blob))),
+                             blob)
+        self.assertFalse(os.listdir(os.path.join(self.root, "adopting")))
+        self.agent("materialize", "r1", sid)  # already there: nothing to do
+        # the run changes its files: the cache holds copies, not the run's inodes
+        with open(os.path.join(src, "b"), "wb") as f:
+            f.write(b"changed by the run")
+        self.agent("cleanup", "r1")
+        self.assertFalse(os.path.exists(src))
+        self.agent("materialize", "r3", sid)
+        self.assertEqual(read(os.path.join(self.root, "runs", "r3", "src", "b")), b)
+        # nothing is missing for the next upload of the same snapshot
+        self.assertEqual(self.agent("missing", stdin=("%s %d\n%s %d\n" % (
+            sha(a), len(a), sha(b), len(b))).encode()).stdout, b"")
+
+    def test_cleanup_adopts_what_is_left(self):
+        """An adoption that never ran (killed): cleanup moves the unchanged files into the
+        cache, and a file the run changed is not taken."""
+        a, b = b"alpha\n", b"beta\n"
+        sid, full, body = manifest([entry("a", "file", a), entry("b", "file", b)])
+        rd = os.path.join(self.root, "runs", "k1")
+        os.makedirs(os.path.join(rd, "src"))
+        for n, c in (("a", a), ("b", b"changed")):
+            with open(os.path.join(rd, "src", n), "wb") as f:
+                f.write(c)
+        with open(os.path.join(rd, "manifest.jsonl"), "wb") as f:
+            f.write(body)
+        with open(os.path.join(rd, "src.snapshot"), "w") as f:
+            f.write(sid)
+        self.agent("cleanup", "k1")
+        self.assertEqual(read(os.path.join(self.root, "blobs", sha(a)[:2], sha(a))), a)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "blobs", sha(b)[:2], sha(b))))
+        self.assertFalse(json.loads(self.agent("begin", sid).stdout)["have"])
+
     def test_missing_and_begin(self):
         a = b"x" * 100
         sid = self.ship([entry("a", "file", a)], [a])
@@ -196,9 +246,24 @@ class Agent(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.root, "snapshots", sid + ".jsonl")))
 
     def hostile(self, entries, blobs, what):
-        sid = self.ship(entries, blobs)
+        """Refused at every door: the upload (into the cache, and straight into a run), and
+        materialize from a manifest planted in the cache behind the agent's back."""
+        sid, full, body = manifest(entries)
         outside = os.path.join(self.tmp, "outside")
         os.makedirs(outside, exist_ok=True)
+        t = tar_of([("manifest.jsonl", full)] + [("blobs/" + sha(b), b) for b in blobs])
+        for args in ((sid,), (sid, "h0")):
+            r = self.agent("receive", *args, stdin=t, code=3)
+            self.assertIn(what.encode(), r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "snapshots", sid + ".jsonl")))
+        os.makedirs(os.path.join(self.root, "snapshots"), exist_ok=True)
+        with open(os.path.join(self.root, "snapshots", sid + ".jsonl"), "wb") as f:
+            f.write(body)
+        for b in blobs:
+            d = os.path.join(self.root, "blobs", sha(b)[:2])
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, sha(b)), "wb") as f:
+                f.write(b)
         r = self.agent("materialize", "h", sid, code=3)
         self.assertIn(what.encode(), r.stderr)
         self.assertEqual(os.listdir(outside), [])

@@ -17,6 +17,8 @@ import time
 
 CHUNK = 1 << 20
 ROOT = None
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 class Fail(Exception):
@@ -205,6 +207,7 @@ def v_facts(args):
 
 def v_begin(args):
     sid = ok_sha(args[0])
+    wait_adopters()
     d = os.path.join(ROOT, 'snapshots')
     have = os.path.exists(os.path.join(d, sid + '.jsonl'))
     recent = []
@@ -314,13 +317,9 @@ class TarIn(object):
             yield b
 
 
-def v_receive(args):
-    sid = ok_sha(args[0])
-    tmpd = os.path.join(ROOT, 'tmp')
-    mkdirs(tmpd)
-    mkdirs(os.path.join(ROOT, 'snapshots'))
+def clean_tmp(tmpd):
     # partial files of uploads that were cut off (another upload may be running: only old
-    # ones, and the ones of this process id, which is not running any more)
+    # ones)
     now = time.time()
     for sub in os.listdir(tmpd):
         sd = os.path.join(tmpd, sub)
@@ -334,55 +333,17 @@ def v_receive(args):
                     os.unlink(os.path.join(sd, n))
             except OSError:
                 pass
-    t = TarIn(sys.stdin.buffer)
-    manifest = None
-    delta = None
-    nblobs = nbytes = 0
-    made = set()
-    for name, typ, size in t.entries():
-        if typ not in (b'0', b'\0'):
-            die(3, 'refused tar entry %r: not a regular file' % name)
-        if name in (b'manifest.jsonl', b'manifest.delta'):
-            if size > 256 << 20:
-                die(3, '%s is larger than 256 MB' % name.decode())
-            data = b''.join(t.read_data(size))
-            if name == b'manifest.jsonl':
-                manifest = data
-            else:
-                delta = data
-            continue
-        if not name.startswith(b'blobs/'):
-            die(3, 'refused tar entry %r' % name)
-        sha = ok_sha(name[6:].decode('ascii', 'replace'))
-        # partial files in tmp/<xx>/, never under blobs/; small directories (one tmp/
-        # directory of 10,000 entries made every create scan it)
-        d = os.path.join(ROOT, 'blobs', sha[:2])
-        td = os.path.join(tmpd, sha[:2])
-        if d not in made:
-            mkdirs(d)
-            mkdirs(td)
-            made.add(d)
-        tmp = os.path.join(td, '%s.%d' % (sha, os.getpid()))
-        h = hashlib.sha256()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            for b in t.read_data(size):
-                h.update(b)
-                write_all(fd, b)
-        finally:
-            os.close(fd)
-        if h.hexdigest() != sha:
-            os.unlink(tmp)
-            die(3, 'blob %s arrived damaged (its sha256 is %s)' % (sha, h.hexdigest()))
-        os.rename(tmp, os.path.join(d, sha))
-        nblobs += 1
-        nbytes += size
+
+
+def full_manifest(sid, manifest, delta):
+    """The snapshot's entry lines from a full manifest or a delta against a base we have;
+    they must hash to the snapshot id."""
     if manifest is not None:
         lines = entry_lines(manifest)
         if not lines or not lines[0].startswith(b'{"ctarget_snapshot"'):
             die(3, 'manifest.jsonl is not a ctarget manifest')
         lines = lines[1:]
-    elif delta is not None:
+    else:
         dl = entry_lines(delta)
         head = json.loads(dl[0].decode())
         if head.get('snapshot') != sid:
@@ -405,29 +366,192 @@ def v_receive(args):
             else:
                 die(3, 'bad delta line %r' % l[:80])
         lines = sorted(ent.values(), key=lambda l: decode_literal(path_literal(l)))
-    else:
-        die(3, 'the upload has no manifest')
-    body = b''.join(lines)
-    if hashlib.sha256(body).hexdigest() != sid:
+    if hashlib.sha256(b''.join(lines)).hexdigest() != sid:
         die(3, 'the manifest does not hash to snapshot %s' % sid)
-    missing = []
-    for l in lines:
-        if b'"type": "file"' in l:
+    return lines
+
+
+class Builder(object):
+    """A run's source tree from a manifest, with the safe-extraction rules: every path
+    relative without '', '.' or '..' components, every parent a directory of the manifest
+    (created here, in a fresh directory), symlinks created last and never followed."""
+
+    def __init__(self, rd, sid, lines):
+        self.rd, self.sid, self.lines = rd, sid, lines
+        self.src = os.fsencode(os.path.join(rd, 'src'))
+        self.dirs, self.links, self.files = [], [], []
+        self.need = {}        # sha -> [(path, mode, size)]
+        self.written = set()  # shas whose files exist
+        known = {b''}
+        for l in lines:
             e = parse_entry(l)
-            sha = ok_sha(e.get('sha256', ''))
+            p = e['bpath']
+            check_path(p)
+            if p.rpartition(b'/')[0] not in known:
+                die(3, 'refused path %r: its parent is not a directory of the snapshot' % p)
+            t = e.get('type')
+            if t == 'dir':
+                known.add(p)
+                self.dirs.append((p, e.get('mode', 0o755) & 0o777))
+            elif t == 'file':
+                sha = ok_sha(e.get('sha256', ''))
+                self.need.setdefault(sha, []).append((p, e.get('mode', 0o644) & 0o777,
+                                                      e.get('size')))
+            elif t == 'symlink':
+                self.links.append((p, os.fsencode(e.get('target', ''))))
+            else:
+                die(3, 'refused entry %r of type %r' % (p, t))
+
+    def start(self):
+        marker = os.path.join(self.rd, 'src.snapshot')
+        if os.path.lexists(marker):
+            os.unlink(marker)
+        if os.path.lexists(self.src):
+            shutil.rmtree(self.src)
+        os.mkdir(self.src, 0o700)
+        for p, _ in self.dirs:
+            os.mkdir(self.src + b'/' + p, 0o700)
+
+    def create(self, p, mode):
+        return os.open(self.src + b'/' + p, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                       os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+    def from_stream(self, sha, chunks):
+        """A blob arriving in the upload goes straight to its file(s)."""
+        paths = self.need.get(sha)
+        if not paths or sha in self.written:
+            for _ in chunks:
+                pass
+            return
+        p, mode, _ = paths[0]
+        fd = self.create(p, mode)
+        try:
+            for b in chunks:
+                write_all(fd, b)
+            if mode & UMASK:  # only when the umask took bits away
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        for q, m, _ in paths[1:]:
+            copy_file(self.src + b'/' + p, self.src + b'/' + q, m)
+        self.written.add(sha)
+
+    def from_cache(self):
+        """The files whose blobs did not come in the upload; returns the shas missing."""
+        missing = []
+        for sha, paths in self.need.items():
+            if sha in self.written:
+                continue
+            for p, mode, size in paths:
+                try:
+                    n = copy_file(blob_path(sha), self.src + b'/' + p, mode)
+                except FileNotFoundError:
+                    n = -1
+                if n != size:
+                    missing.append(sha)
+                    break
+            else:
+                self.written.add(sha)
+        return missing
+
+    def finish(self):
+        for p, mode in reversed(self.dirs):
+            os.chmod(self.src + b'/' + p, mode)
+        os.chmod(self.src, 0o755)
+        for p, target in self.links:
+            os.symlink(target, self.src + b'/' + p)
+        write_atomic(os.path.join(self.rd, 'src.snapshot'), self.sid.encode())
+
+
+def v_receive(args):
+    """The upload.  Without a run id the blobs go to the cache (each checked against its
+    name).  With one, they go straight into that run's tree (the run starts without a second
+    pass over the data), and the run's cleanup moves them into the cache after checking
+    them; until then the snapshot is not recorded, so nothing can rely on a cache that does
+    not have it yet."""
+    sid = ok_sha(args[0])
+    rid = args[1] if len(args) > 1 else None
+    tmpd = os.path.join(ROOT, 'tmp')
+    mkdirs(tmpd)
+    mkdirs(os.path.join(ROOT, 'snapshots'))
+    clean_tmp(tmpd)
+    t = TarIn(sys.stdin.buffer)
+    lines = None
+    builder = None
+    nblobs = nbytes = 0
+    made = set()
+    for name, typ, size in t.entries():
+        if typ not in (b'0', b'\0'):
+            die(3, 'refused tar entry %r: not a regular file' % name)
+        if name in (b'manifest.jsonl', b'manifest.delta'):
+            if size > 256 << 20:
+                die(3, '%s is larger than 256 MB' % name.decode())
+            data = b''.join(t.read_data(size))
+            lines = full_manifest(sid, data if name == b'manifest.jsonl' else None,
+                                  data if name == b'manifest.delta' else None)
+            if rid:
+                rd = run_dir(rid)
+                mkdirs(rd)
+                builder = Builder(rd, sid, lines)
+                builder.start()
+            continue
+        if not name.startswith(b'blobs/'):
+            die(3, 'refused tar entry %r' % name)
+        sha = ok_sha(name[6:].decode('ascii', 'replace'))
+        nblobs += 1
+        nbytes += size
+        if builder:
+            builder.from_stream(sha, t.read_data(size))
+            continue
+        # partial files in tmp/<xx>/, never under blobs/; small directories (one tmp/
+        # directory of 10,000 entries made every create scan it)
+        d = os.path.join(ROOT, 'blobs', sha[:2])
+        td = os.path.join(tmpd, sha[:2])
+        if d not in made:
+            mkdirs(d)
+            mkdirs(td)
+            made.add(d)
+        tmp = os.path.join(td, '%s.%d' % (sha, os.getpid()))
+        h = hashlib.sha256()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            for b in t.read_data(size):
+                h.update(b)
+                write_all(fd, b)
+        finally:
+            os.close(fd)
+        if h.hexdigest() != sha:
+            os.unlink(tmp)
+            die(3, 'blob %s arrived damaged (its sha256 is %s)' % (sha, h.hexdigest()))
+        os.rename(tmp, os.path.join(d, sha))
+    if lines is None:
+        die(3, 'the upload has no manifest')
+    if builder:
+        missing = builder.from_cache()
+    else:
+        missing = []
+        # (a Builder that is never started only indexes and checks the manifest)
+        for sha, paths in Builder(ROOT, sid, lines).need.items():
             try:
-                if os.stat(blob_path(sha)).st_size != e.get('size'):
+                if os.stat(blob_path(sha)).st_size != paths[0][2]:
                     missing.append(sha)
             except OSError:
                 missing.append(sha)
     if missing:
         out_json({'missing': sorted(set(missing))})
         die(4, '%d blobs of snapshot %s are missing on this machine' % (len(set(missing)), sid))
-    # No sync of the blobs (that alone cost more than the transfer): a blob torn by a crash
-    # has the wrong size (ordered-mode file systems), which `missing` and `materialize`
-    # check; materialize then drops the snapshot record so the plugin ships it again.
-    write_atomic(os.path.join(ROOT, 'snapshots', sid + '.jsonl'), body)
-    out_json({'blobs': nblobs, 'bytes': nbytes})
+    body = b''.join(lines)
+    if builder:
+        write_atomic(os.path.join(builder.rd, 'manifest.jsonl'), body)
+        builder.finish()
+        adopt_in_background(rid, builder.rd)
+    else:
+        # No sync of the blobs (that alone cost more than the transfer): a blob torn by a
+        # crash has the wrong size (ordered-mode file systems), which `missing` and
+        # `materialize` check; materialize then drops the snapshot record so the plugin
+        # ships it again.
+        write_atomic(os.path.join(ROOT, 'snapshots', sid + '.jsonl'), body)
+    out_json({'blobs': nblobs, 'bytes': nbytes, 'direct': bool(builder)})
 
 
 def copy_file(src, dst, mode):
@@ -463,13 +587,12 @@ def v_materialize(args):
     rd = run_dir(rid)
     mkdirs(rd)
     marker = os.path.join(rd, 'src.snapshot')
-    src = os.path.join(rd, 'src')
     log = os.path.join(rd, 'std_log.txt')
     if not os.path.exists(log):
         open(log, 'ab').close()
     try:
         with open(marker) as f:
-            if f.read().strip() == sid and os.path.isdir(src):
+            if f.read().strip() == sid and os.path.isdir(os.path.join(rd, 'src')):
                 return
     except OSError:
         pass
@@ -478,52 +601,21 @@ def v_materialize(args):
             lines = entry_lines(f.read())
     except OSError:
         die(6, 'snapshot %s is not on this machine' % sid)
-    if os.path.lexists(marker):
-        os.unlink(marker)
-    if os.path.lexists(src):
-        shutil.rmtree(src)
-    os.mkdir(src, 0o755)
-    dirs = {b''}
-    links = []
-    bsrc = os.fsencode(src)
-    for l in lines:
-        e = parse_entry(l)
-        p = e['bpath']
-        check_path(p)
-        parent = p.rpartition(b'/')[0]
-        if parent not in dirs:
-            die(3, 'refused path %r: its parent is not a directory of the snapshot' % p)
-        t = e.get('type')
-        full = bsrc + b'/' + p
-        if t == 'dir':
-            os.mkdir(full, 0o700)
-            dirs.add(p)
-        elif t == 'file':
-            sha = ok_sha(e.get('sha256', ''))
+    b = Builder(rd, sid, lines)
+    b.start()
+    missing = b.from_cache()
+    if missing:
+        # lost or torn (a crash before write-back): forget the snapshot, so that the next
+        # `begin` says it is not here and the plugin ships what is missing
+        for p2 in [blob_path(s) for s in missing] + [
+                os.path.join(ROOT, 'snapshots', sid + '.jsonl')]:
             try:
-                n = copy_file(blob_path(sha), full, e.get('mode', 0o644) & 0o777)
-            except FileNotFoundError:
-                n = -1
-            if n != e.get('size'):
-                # lost or torn (a crash before write-back): forget the snapshot, so that the
-                # next `begin` says it is not here and the plugin ships what is missing
-                for p2 in (blob_path(sha), os.path.join(ROOT, 'snapshots', sid + '.jsonl')):
-                    try:
-                        os.unlink(p2)
-                    except OSError:
-                        pass
-                die(4, 'blob %s (%s) is missing or damaged in the cache' % (sha, e['path']))
-        elif t == 'symlink':
-            links.append((full, os.fsencode(e.get('target', ''))))
-        else:
-            die(3, 'refused entry %r of type %r' % (p, t))
-    for l in lines:
-        e = parse_entry(l)
-        if e.get('type') == 'dir':
-            os.chmod(bsrc + b'/' + e['bpath'], e.get('mode', 0o755) & 0o777)
-    for full, target in links:
-        os.symlink(target, full)
-    write_atomic(marker, sid.encode())
+                os.unlink(p2)
+            except OSError:
+                pass
+        die(4, '%d blob(s) of snapshot %s are missing or damaged in the cache' %
+            (len(missing), sid))
+    b.finish()
 
 
 def v_env(args):
@@ -946,8 +1038,138 @@ def v_pack(args):
     out.flush()
 
 
+def adopt(rd, copy=False):
+    """A run whose snapshot came straight into its tree: put the files that still hold
+    their snapshot content into the cache (each hashed: the run may have changed them), and
+    record the snapshot once the cache has every blob.  copy: the run is using its tree
+    (right after the upload), so copy; at cleanup, move."""
+    mpath = os.path.join(rd, 'manifest.jsonl')
+    try:
+        with open(mpath, 'rb') as f:
+            body = f.read()
+        with open(os.path.join(rd, 'src.snapshot')) as f:
+            sid = ok_sha(f.read().strip())
+    except (OSError, Fail):
+        return
+    b = Builder(rd, sid, entry_lines(body))
+    tmpd = os.path.join(ROOT, 'tmp')
+    complete = True
+    for sha, paths in b.need.items():
+        if os.path.exists(blob_path(sha)):
+            continue
+        ok = False
+        for p, _, size in paths:
+            full = b.src + b'/' + p
+            try:
+                st = os.lstat(full)
+                if not (st.st_mode & 0o170000 == 0o100000 and st.st_size == size):
+                    continue
+                d = os.path.join(ROOT, 'blobs', sha[:2])
+                mkdirs(d)
+                h = hashlib.sha256()
+                if copy or st.st_nlink != 1:
+                    # hashed while copied: what lands in the cache is what was checked
+                    mkdirs(os.path.join(tmpd, sha[:2]))
+                    tmp = os.path.join(tmpd, sha[:2], '%s.%d' % (sha, os.getpid()))
+                    fo = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                 0o600)
+                    try:
+                        with open(full, 'rb') as f:
+                            for c in iter(lambda: f.read(CHUNK), b''):
+                                h.update(c)
+                                write_all(fo, c)
+                    finally:
+                        os.close(fo)
+                    if h.hexdigest() != sha:
+                        os.unlink(tmp)
+                        continue
+                    os.rename(tmp, os.path.join(d, sha))
+                else:
+                    with open(full, 'rb') as f:
+                        for c in iter(lambda: f.read(CHUNK), b''):
+                            h.update(c)
+                    if h.hexdigest() != sha:
+                        continue
+                    os.rename(full, os.path.join(d, sha))
+                ok = True
+                break
+            except OSError:
+                continue
+        complete = complete and ok
+    if complete:
+        write_atomic(os.path.join(ROOT, 'snapshots', sid + '.jsonl'), body)
+    os.unlink(mpath)
+
+
+def adopt_in_background(rid, rd):
+    """Right after an upload straight into a run: fill the cache from the run's tree in a
+    detached process, so the next upload of this snapshot (a resubmit, a sweep) finds it.
+    The lock on runs/<id>/adopt.lock is taken before this returns and held until the
+    snapshot is recorded: `begin` waits on it, cleanup too."""
+    mkdirs(os.path.join(ROOT, 'adopting'))
+    lk = os.open(os.path.join(rd, 'adopt.lock'), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lk, fcntl.LOCK_EX)
+    marker = os.path.join(ROOT, 'adopting', rid)
+    open(marker, 'wb').close()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                nul = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(nul, fd)
+                try:
+                    adopt(rd, copy=True)
+                finally:
+                    try:
+                        os.unlink(marker)
+                    except OSError:
+                        pass
+                    os.close(lk)  # the lock goes with the last descriptor
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(lk)
+    os.waitpid(pid, 0)
+
+
+def wait_adopters(limit=120.0):
+    """Uploads being adopted into the cache: wait for them (bounded), so what they bring
+    is not shipped twice."""
+    d = os.path.join(ROOT, 'adopting')
+    try:
+        rids = os.listdir(d)
+    except OSError:
+        return
+    end = time.time() + limit
+    for rid in rids:
+        try:
+            fd = os.open(os.path.join(ROOT, 'runs', rid, 'adopt.lock'), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.time() > end:
+                        return
+                    time.sleep(0.05)
+        finally:
+            os.close(fd)
+
+
 def v_cleanup(args):
     rd = run_dir(args[0])
+    try:  # an adoption still copying from the tree finishes first
+        fd = os.open(os.path.join(rd, 'adopt.lock'), os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.close(fd)
+    except OSError:
+        pass
+    adopt(rd)
     shutil.rmtree(os.path.join(rd, 'src'), ignore_errors=True)
     try:
         os.unlink(os.path.join(rd, 'src.snapshot'))

@@ -100,9 +100,12 @@ typedef struct rv_ship_stats {
     uint64_t blobs, blob_bytes, stream_bytes, manifest_bytes;
     int delta; /* the manifest went as a delta against a snapshot the VM had */
 } rv_ship_stats;
-/* Make snapshot_id present on the VM (manifest + every blob), shipping only what is missing. */
+/* Make snapshot_id present on the VM, shipping only what is missing.  With run_id, what is
+ * shipped goes straight into that run's tree (the agent adopts it into its cache when the
+ * run is cleaned up); otherwise into the cache. */
 ctarget_status rv_ship_snapshot(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
-                                const char *snapshot_id, rv_ship_stats *st, ctarget_error *err);
+                                const char *snapshot_id, const char *run_id,
+                                rv_ship_stats *st, ctarget_error *err);
 
 /* ---- run.c ---------------------------------------------------------------------------------- */
 extern const ctarget_run_ops rv_run_ops;

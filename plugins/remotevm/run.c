@@ -192,7 +192,7 @@ static ctarget_status rv_prepare(void *ctx, ctarget_call *c, ctarget_target *t,
     HH = h;
     rv_ship_stats st;
     h->progress(c, "shipping the snapshot", 0, 0);
-    ctarget_status rc = rv_ship_snapshot(h, c, t, run->snapshot_id, &st, err);
+    ctarget_status rc = rv_ship_snapshot(h, c, t, run->snapshot_id, run->id, &st, err);
     if (rc != CTARGET_OK)
         return rc;
     if (run->handle) {
@@ -221,7 +221,7 @@ static ctarget_status rv_prepare(void *ctx, ctarget_call *c, ctarget_target *t,
     if (rc != CTARGET_OK && status == 4) {
         /* the machine's cache lost a blob (it dropped the snapshot record): ship again */
         h->log(c, CTARGET_LOG_WARN, "%s; shipping the snapshot again", err->message);
-        rc = rv_ship_snapshot(h, c, t, run->snapshot_id, &st, err);
+        rc = rv_ship_snapshot(h, c, t, run->snapshot_id, run->id, &st, err);
         if (rc == CTARGET_OK)
             rc = rv_agent(h, c, t, "materialize", margs, NULL, 0, NULL, NULL, err);
     }

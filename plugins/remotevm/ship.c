@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <pthread.h>
 
 /* ---- a set of byte strings (open addressing; the strings are borrowed) ------------------- */
 
@@ -148,9 +149,11 @@ static void blobs_free(blobs *b)
 
 /* ---- the tar stream filter --------------------------------------------------------------- */
 
+typedef struct pqueue pqueue;
+
 typedef struct tfilter {
     /* where the filtered stream goes (NULL: only capture the manifest) */
-    rv_exec *ex;
+    pqueue *q;
     ctarget_status rc;
     ctarget_error *err;
     /* parse state */
@@ -175,26 +178,51 @@ typedef struct tfilter {
 } tfilter;
 
 /* The core's writer hands over 10 KB blocks; SSH packets and their MACs cost per write, so
- * the stream goes out in 256 KB pieces. */
+ * the stream goes out in 256 KB pieces.  Reading blobs and building the tar (a producer
+ * thread) and encrypting and sending (the calling thread) run on two cores: a bounded queue
+ * of pieces between them. */
 #define OUTBUF (256 * 1024)
+#define NPIECES 8
+
+typedef struct pqueue {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char *piece[NPIECES];
+    size_t len[NPIECES];
+    int head, count;       /* filled pieces: head .. head+count-1 */
+    char *spare[NPIECES];  /* empty pieces */
+    int nspare;
+    int done, failed;      /* producer finished; consumer gave up */
+} pqueue;
 
 static int flush_out(tfilter *f)
 {
-    if (!f->ex || !f->olen)
+    if (!f->q || !f->olen)
         return 0;
-    ctarget_status rc = rv_exec_write(f->ex, f->obuf, f->olen, f->err);
-    f->sent += f->olen;
-    f->olen = 0;
-    if (rc != CTARGET_OK) {
-        f->rc = rc;
+    pqueue *q = f->q;
+    pthread_mutex_lock(&q->mu);
+    while (!q->failed && (q->count == NPIECES || !q->nspare))
+        pthread_cond_wait(&q->cv, &q->mu);
+    if (q->failed) {
+        pthread_mutex_unlock(&q->mu);
+        f->rc = CTARGET_E_CANCELED;
         return 1;
     }
+    int slot = (q->head + q->count) % NPIECES;
+    q->piece[slot] = f->obuf;
+    q->len[slot] = f->olen;
+    q->count++;
+    f->obuf = q->spare[--q->nspare];
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    f->sent += f->olen;
+    f->olen = 0;
     return 0;
 }
 
 static int forward(tfilter *f, const void *data, size_t len)
 {
-    if (!f->ex || !len)
+    if (!f->q || !len)
         return 0;
     const char *p = data;
     while (len) {
@@ -533,33 +561,105 @@ typedef struct recv_arg {
     int use_base;
 } recv_arg;
 
+typedef struct producer {
+    shipper *sp;
+    tfilter f;
+    tctx x;
+    ctarget_status rc;
+    ctarget_error err;
+} producer;
+
+static void *produce_thread(void *arg)
+{
+    producer *pr = arg;
+    pqueue *q = pr->f.q;
+    /* no ctarget_call here: a call belongs to one thread (the sender's); writing the tar
+     * needs none */
+    pr->rc = pr->sp->h->snapshot_write_tar(NULL, pr->sp->id, want_missing, pr->sp, 0,
+                                           filter_write, &pr->x, &pr->err);
+    if (pr->rc == CTARGET_OK && pr->f.rc == CTARGET_OK)
+        flush_out(&pr->f);
+    if (pr->f.rc != CTARGET_OK && pr->rc == CTARGET_OK)
+        pr->rc = pr->f.rc;
+    pthread_mutex_lock(&q->mu);
+    q->done = 1;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
 static ctarget_status produce_tar(void *arg, rv_exec *ex, ctarget_error *err)
 {
     recv_arg *ra = arg;
     shipper *sp = ra->sp;
-    tfilter f = {0};
-    f.ex = ex;
-    f.err = err;
-    f.rc = CTARGET_OK;
-    f.base = ra->use_base ? &sp->base : NULL;
-    tctx x = {&f, sp};
-    f.obuf = malloc(OUTBUF);
-    if (!f.obuf) {
+    pqueue q;
+    memset(&q, 0, sizeof q);
+    pthread_mutex_init(&q.mu, NULL);
+    pthread_cond_init(&q.cv, NULL);
+    producer *pr = calloc(1, sizeof *pr);
+    char *bufs = malloc((size_t)(NPIECES + 1) * OUTBUF);
+    if (!pr || !bufs) {
+        free(pr);
+        free(bufs);
         sp->h->error_set(err, CTARGET_E_NOMEM, 0, 0, "out of memory");
         return CTARGET_E_NOMEM;
     }
-    ctarget_status rc = sp->h->snapshot_write_tar(sp->c, sp->id, want_missing, sp, 0,
-                                                  filter_write, &x, err);
-    if (rc == CTARGET_OK && f.rc == CTARGET_OK)
-        flush_out(&f);
-    free(f.obuf);
-    if (f.rc != CTARGET_OK)
-        rc = f.rc;
-    sp->st->stream_bytes = f.sent;
-    sp->st->manifest_bytes = f.manifest_bytes;
-    sp->st->delta = f.delta;
-    rv_buf_free(&f.pax);
-    rv_buf_free(&f.manifest);
+    for (int i = 0; i < NPIECES; i++)
+        q.spare[q.nspare++] = bufs + (size_t)i * OUTBUF;
+    pr->sp = sp;
+    pr->err.struct_size = sizeof pr->err;
+    pr->f.q = &q;
+    pr->f.err = &pr->err;
+    pr->f.rc = CTARGET_OK;
+    pr->f.base = ra->use_base ? &sp->base : NULL;
+    pr->f.obuf = bufs + (size_t)NPIECES * OUTBUF;
+    pr->x.f = &pr->f;
+    pr->x.sp = sp;
+    ctarget_status rc = CTARGET_OK;
+    pthread_t th;
+    if (pthread_create(&th, NULL, produce_thread, pr) != 0) {
+        sp->h->error_set(err, CTARGET_E_INTERNAL, 0, 0, "cannot start a thread");
+        rc = CTARGET_E_INTERNAL;
+    } else {
+        for (;;) {
+            pthread_mutex_lock(&q.mu);
+            while (!q.count && !q.done)
+                pthread_cond_wait(&q.cv, &q.mu);
+            if (!q.count) {
+                pthread_mutex_unlock(&q.mu);
+                break;
+            }
+            char *piece = q.piece[q.head];
+            size_t len = q.len[q.head];
+            pthread_mutex_unlock(&q.mu);
+            rc = rv_exec_write(ex, piece, len, err);
+            pthread_mutex_lock(&q.mu);
+            q.head = (q.head + 1) % NPIECES;
+            q.count--;
+            q.spare[q.nspare++] = piece;
+            if (rc != CTARGET_OK)
+                q.failed = 1;
+            pthread_cond_broadcast(&q.cv);
+            pthread_mutex_unlock(&q.mu);
+            if (rc != CTARGET_OK)
+                break;
+        }
+        pthread_join(th, NULL);
+        if (rc == CTARGET_OK && pr->rc != CTARGET_OK) {
+            rc = pr->rc;
+            sp->h->error_set(err, pr->err.code ? pr->err.code : rc, pr->err.transient,
+                             pr->err.sys_errno, "%s", pr->err.message);
+        }
+    }
+    sp->st->stream_bytes = pr->f.sent;
+    sp->st->manifest_bytes = pr->f.manifest_bytes;
+    sp->st->delta = pr->f.delta;
+    rv_buf_free(&pr->f.pax);
+    rv_buf_free(&pr->f.manifest);
+    free(bufs);
+    free(pr);
+    pthread_mutex_destroy(&q.mu);
+    pthread_cond_destroy(&q.cv);
     return rc;
 }
 
@@ -601,7 +701,8 @@ static ctarget_status ask_missing(shipper *sp, ctarget_target *t, const blobs *a
 }
 
 ctarget_status rv_ship_snapshot(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
-                                const char *id, rv_ship_stats *st, ctarget_error *err)
+                                const char *id, const char *run_id, rv_ship_stats *st,
+                                ctarget_error *err)
 {
     memset(st, 0, sizeof *st);
     shipper sp = {.h = h, .c = c, .id = id, .st = st};
@@ -661,7 +762,8 @@ ctarget_status rv_ship_snapshot(const ctarget_host *h, ctarget_call *c, ctarget_
         recv_arg ra = {&sp, use_base};
         int status = 0;
         rv_buf rout = {0};
-        rc = rv_agent_stream(h, c, t, "receive", args, produce_tar, &ra, &rout, &status, err);
+        const char *rargs[] = {id, run_id, NULL};
+        rc = rv_agent_stream(h, c, t, "receive", rargs, produce_tar, &ra, &rout, &status, err);
         rv_buf_free(&rout);
         /* 4: blobs the base referenced are gone; 3 with a delta: it did not rebuild the
          * snapshot.  Both are answered by sending everything that is missing. */
