@@ -474,11 +474,12 @@ static json_t *stored_config(json_t *c, const char *script, json_t *env)
     const char *fw = json_string_value(json_object_get(c, "framework"));
     json_t *nodes = json_object_get(c, "node_count");
     json_t *opts = json_object_get(c, "options");
-    return json_pack("{s:s, s:o, s:s, s:I, s:I, s:O, s:O}", "script", script, "arguments", args,
+    /* "o" takes the reference: a borrowed options object gets one of its own */
+    return json_pack("{s:s, s:o, s:s, s:I, s:I, s:o, s:O}", "script", script, "arguments", args,
                      "framework", fw ? fw : "python", "timeout_seconds",
                      json_integer_value(json_object_get(c, "max_run_duration_seconds")),
                      "node_count", nodes ? json_integer_value(nodes) : (json_int_t)1,
-                     "options", opts ? opts : json_object(), "environment", env);
+                     "options", opts ? json_incref(opts) : json_object(), "environment", env);
 }
 
 static ctarget_status prepare_run(ctarget_ws *ws, json_t *c, const char *id, new_run *r,
