@@ -361,6 +361,46 @@ class Agent(unittest.TestCase):
         self.assertEqual(names, ["outputs", "outputs/sub", "outputs/sub/m.bin", "logs",
                                  "logs/l.txt"])  # the symlink is not followed or sent
 
+    def test_facts_and_gpus(self):
+        # a fake nvidia-smi and docker first on PATH: what attach records about the machine
+        bind = os.path.join(self.tmp, "bin")
+        os.makedirs(bind)
+        with open(os.path.join(bind, "nvidia-smi"), "w") as f:
+            f.write("#!/bin/sh\necho 'Tesla V100-SXM2-16GB, 16160, 535.104.05'\n"
+                    "echo 'Tesla V100-SXM2-16GB, 16160, 535.104.05'\n")
+        with open(os.path.join(bind, "docker"), "w") as f:
+            f.write("#!/bin/sh\n[ \"$1\" = info ] && exit 0\nexit 1\n")
+        for n in ("nvidia-smi", "docker"):
+            os.chmod(os.path.join(bind, n), 0o755)
+        r = subprocess.run([PY, AGENT, self.root, "x", "facts", "docker"], stdout=subprocess.PIPE,
+                           env=dict(os.environ, PATH=bind + ":" + os.environ["PATH"]), timeout=30)
+        j = json.loads(r.stdout)
+        self.assertEqual(j["system"], "Linux")
+        self.assertEqual(j["gpu_count"], 2)
+        self.assertEqual(j["gpus"][0], {"name": "Tesla V100-SXM2-16GB", "memory_mib": 16160,
+                                        "driver": "535.104.05"})
+        self.assertTrue(j["docker"] and j["docker_running"])
+        self.assertTrue(j["python3_version"].startswith("3."))
+
+    def test_docker_command(self):
+        # built as an argument list (no shell): values travel in the environment, by name
+        os.makedirs(os.path.join(self.root, "runs", "d1"))
+        h = lambda b: b.encode().hex()
+        spec = {"argv": [h("python"), h("train.py"), h("a b"), h("$(id)")],
+                "env": [h("SECRET=s3cr3t value")], "grace": 5,
+                "docker": {"engine": "podman", "image": "pytorch/pytorch:2.1", "gpu": True}}
+        r = self.agent("start", "--dry-run", "d1", stdin=json.dumps(spec).encode())
+        argv = json.loads(r.stdout)
+        rd = os.path.join(self.root, "runs", "d1")
+        self.assertEqual(argv, ["podman", "run", "--rm", "--name", "ctarget-d1", "-v",
+                                rd + "/src:/ctarget/src", "-v",
+                                rd + "/metrics.jsonl:/ctarget/metrics.jsonl", "-w",
+                                "/ctarget/src", "-e", "CTARGET_RUN_ID", "-e",
+                                "CTARGET_OUTPUTS_DIR", "-e", "CTARGET_METRICS_FILE", "-e",
+                                "SECRET", "--gpus", "all", "pytorch/pytorch:2.1", "python",
+                                "train.py", "a b", "$(id)"])
+        self.assertNotIn("s3cr3t", r.stdout.decode())
+
     def test_serve(self):
         a = b"served"
         sid, full, _ = manifest([entry("a", "file", a)])
