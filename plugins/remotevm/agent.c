@@ -46,6 +46,55 @@ static const char *agent_hash(void)
     return hex;
 }
 
+/* The interpreter that runs the agent: python3 as the login shell finds it, or the absolute
+ * path `facts` reported (kept in the target's state directory). */
+static char *python_file(const ctarget_host *h, const ctarget_target *t)
+{
+    const char *dir = h->target_state_dir0 ? h->target_state_dir0(t) : NULL;
+    if (!dir)
+        return NULL;
+    size_t n = strlen(dir) + 16;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/python3", dir);
+    return p;
+}
+
+void rv_remember_python(const ctarget_host *h, const ctarget_target *t, const char *path)
+{
+    char *f = python_file(h, t);
+    if (!f)
+        return;
+    if (path && path[0] == '/' && !strchr(path, '\n')) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.tmp", f);
+        FILE *o = fopen(tmp, "we");
+        if (o) {
+            int bad = fputs(path, o) < 0;
+            bad |= fclose(o) != 0;
+            if (bad || rename(tmp, f) != 0)
+                remove(tmp);
+        }
+    } else {
+        remove(f);
+    }
+    free(f);
+}
+
+static char *python_of(const ctarget_host *h, const ctarget_target *t)
+{
+    char *f = python_file(h, t);
+    char line[4096] = "";
+    FILE *i = f ? fopen(f, "re") : NULL;
+    if (i) {
+        if (!fgets(line, sizeof line, i))
+            line[0] = '\0';
+        fclose(i);
+    }
+    free(f);
+    return line[0] == '/' ? rv_shell_quote(line) : strdup("python3");
+}
+
 static char *command(const ctarget_host *h, const ctarget_target *t, const char *code,
                      const char *verb, const char *const *args)
 {
@@ -54,7 +103,11 @@ static char *command(const ctarget_host *h, const ctarget_target *t, const char 
         root = "~/.ctarget";
     rv_buf b = {0};
     char *q = rv_shell_quote(code);
-    rv_buf_adds(&b, "exec python3 -c ");
+    char *py = python_of(h, t);
+    rv_buf_adds(&b, "exec ");
+    rv_buf_adds(&b, py ? py : "python3");
+    rv_buf_adds(&b, " -c ");
+    free(py);
     rv_buf_adds(&b, q);
     free(q);
     rv_buf_adds(&b, " ");
@@ -214,7 +267,7 @@ ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_tar
     int status = 0;
     ctarget_status rc = CTARGET_OK;
     char *cmd = command(h, t, BOOT, verb, args);
-    int installed = 0, retried = 0;
+    int installed = 0, retried = 0, forgot = 0;
     char first[CTARGET_ERROR_MSG_MAX] = "";
     int64_t t0 = h->monotonic_ns();
     for (;;) {
@@ -267,6 +320,18 @@ ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_tar
             }
             if (rc != CTARGET_OK)
                 break;
+            continue;
+        }
+        if (status == 127 && !forgot) {
+            /* the remembered interpreter is gone (upgraded?): ask the login shell again */
+            forgot = 1;
+            rv_remember_python(h, t, NULL);
+            free(cmd);
+            cmd = command(h, t, BOOT, verb, args);
+            if (*rv_conn_serve(cn)) {
+                rv_exec_abort(*rv_conn_serve(cn));
+                *rv_conn_serve(cn) = NULL;
+            }
             continue;
         }
         if (exit_status)

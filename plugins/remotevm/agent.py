@@ -200,6 +200,7 @@ def v_facts(args):
               'os_version': osr.get('VERSION_ID', ''), 'system': u.sysname,
               'kernel': u.release, 'arch': u.machine,
               'python3_version': '%d.%d.%d' % sys.version_info[:3],
+              'python3_path': sys.executable,
               'cpus': os.cpu_count() or 0, 'memory_bytes': mem, 'docker': docker,
               'docker_running': running, 'gpus': gpus, 'gpu_count': len(gpus),
               'conda': conda, 'root': ROOT})

@@ -147,6 +147,9 @@ static ctarget_status facts(ctarget_call *c, ctarget_target *t, ctarget_obj *out
                "the machine runs %s: Ubuntu is the supported distribution; other Linux "
                "systems work when they have python3 (and python3-venv, conda or docker for "
                "managed environments)", os_name ? os_name : "an unknown Linux");
+    /* the interpreter's real path: later connections start the agent without a wrapper
+     * script or version-manager shim in between (pyenv's costs 100+ ms per start) */
+    rv_remember_python(H, t, json_string_value(json_object_get(j, "python3_path")));
     const char *k;
     json_t *v;
     json_object_foreach(j, k, v) put_json(out, k, v);

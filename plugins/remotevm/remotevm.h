@@ -87,6 +87,9 @@ ctarget_status rv_agent_stream(const ctarget_host *h, ctarget_call *c, ctarget_t
                                void *produce_arg, rv_buf *out, int *exit_status,
                                ctarget_error *err);
 
+/* Remember the machine's python3 (an absolute path from `facts`) for this target. */
+void rv_remember_python(const ctarget_host *h, const ctarget_target *t, const char *path);
+
 /* The general form: standard output to sink (called with data NULL before each attempt, to
  * start over), standard input from produce or in/in_len. */
 ctarget_status rv_agent_call(const ctarget_host *h, ctarget_call *c, ctarget_target *t,
