@@ -190,6 +190,23 @@ class Agent(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.root, "blobs", sha(b)[:2], sha(b))))
         self.assertFalse(json.loads(self.agent("begin", sid).stdout)["have"])
 
+    def test_big_blob_and_big_manifest(self):
+        # more than one read buffer (1 MiB) for a blob and for the manifest, both ways
+        big = os.urandom(3 << 20) + b"end"
+        small = b"same content\n"
+        ents = [entry("big.bin", "file", big), entry("many", "dir")] + [
+            entry("many/f%05d.txt" % i, "file", small) for i in range(9000)]
+        sid, full, _ = manifest(ents)
+        self.assertGreater(len(full), 1 << 20)
+        t = tar_of([("manifest.jsonl", full), ("blobs/" + sha(big), big),
+                    ("blobs/" + sha(small), small)])
+        self.agent("receive", sid, "direct", stdin=t)
+        src = os.path.join(self.root, "runs", "direct", "src")
+        self.assertEqual(read(os.path.join(src, "big.bin")), big)
+        self.assertEqual(read(os.path.join(src, "many", "f08999.txt")), small)
+        self.agent("receive", sid, stdin=t)  # into the cache
+        self.assertEqual(read(os.path.join(self.root, "blobs", sha(big)[:2], sha(big))), big)
+
     def test_missing_and_begin(self):
         a = b"x" * 100
         sid = self.ship([entry("a", "file", a)], [a])
