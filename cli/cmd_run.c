@@ -40,6 +40,7 @@ static const char help[] =
     "  --docker-image IMAGE     run inside this container image\n"
     "  --env-var NAME=VALUE     set for the script; repeat as needed\n"
     "  --timeout SECONDS        max_run_duration_seconds: then Failed, \"timeout after N s\"\n"
+    "  --cancel-grace SECONDS   cancel_grace_seconds: SIGTERM, this long, then SIGKILL (10)\n"
     "  --wait                   wait until the run ends\n"
     "  --stream                 print the run's output live until it ends\n"
     "  -- ARGS...               the script's arguments, passed byte for byte\n"
@@ -60,7 +61,7 @@ static const char help[] =
 enum {
     O_TARGET = 2000, O_SOURCE, O_SCRIPT, O_EXPERIMENT, O_ENVIRONMENT, O_PYTHON, O_REQUIREMENTS,
     O_CONDA, O_DOCKER, O_ENV_VAR, O_TIMEOUT, O_WAIT, O_STREAM, O_CONFIG, O_STATUS, O_LIMIT,
-    O_FOLLOW, O_FORMAT
+    O_FOLLOW, O_FORMAT, O_GRACE
 };
 
 typedef struct rargs {
@@ -114,10 +115,13 @@ static int handle_opt(cli *c, rargs *a, int opt, const char *arg, const char *su
         return 0;
     case O_TIMEOUT:
     case O_LIMIT:
+    case O_GRACE:
         if (parse_long(arg, &v))
             return usage(c, "expected a positive whole number, not '%s'", arg);
         if (opt == O_TIMEOUT)
             a->timeout = v;
+        else if (opt == O_GRACE)
+            a->o.cancel_grace_seconds = v;
         else
             a->limit = (long)v;
         return 0;
@@ -160,6 +164,7 @@ static int parse(cli *c, int argc, char **argv, rargs *a, const char *sub)
         {"docker-image", required_argument, NULL, O_DOCKER},
         {"env-var", required_argument, NULL, O_ENV_VAR},
         {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"cancel-grace", required_argument, NULL, O_GRACE},
         {"wait", no_argument, NULL, O_WAIT},
         {"stream", no_argument, NULL, O_STREAM},
         {"config", required_argument, NULL, O_CONFIG},

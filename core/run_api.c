@@ -173,6 +173,9 @@ json_t *run_render(ctarget_ws *ws, json_t *row)
     json_object_set(o, "arguments", json_object_get(cfg, "arguments"));
     json_object_set(o, "framework", json_object_get(cfg, "framework"));
     json_object_set(o, "timeout_seconds", json_object_get(cfg, "timeout_seconds"));
+    json_t *grace = json_object_get(cfg, "cancel_grace_seconds");
+    json_object_set_new(o, "cancel_grace_seconds", json_integer(grace ? json_integer_value(grace)
+                                                                      : 10));
     json_object_set_new(o, "environment", env_view(json_object_get(cfg, "environment")));
     /* what the target's plugin recorded to find the run again (pids, paths, bytes shipped) */
     json_object_set(o, "handle", json_object_get(row, "handle"));

@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ static const conf_key top_keys[] = {
     {"environment", CK_ENV, "an environment name or an object"},
     {"framework", CK_STRING, "\"python\" or \"pyspark\""},
     {"max_run_duration_seconds", CK_INT, "a whole number of seconds"},
+    {"cancel_grace_seconds", CK_INT, "a whole number of seconds"},
     {"experiment", CK_STRING, "an experiment name"},
     {"node_count", CK_INT, "a whole number >= 1"},
     {"options", CK_OBJECT, "an object of target-specific settings"},
@@ -209,6 +211,11 @@ static ctarget_status merge_opts(const ctarget_run_opts *o, json_t **out, ctarge
     }
     if (o->timeout_seconds)
         json_object_set_new(c, "max_run_duration_seconds", json_integer(o->timeout_seconds));
+    /* (an older caller's shorter struct has no grace field) */
+    if (o->struct_size >= offsetof(ctarget_run_opts, cancel_grace_seconds) +
+                               sizeof o->cancel_grace_seconds &&
+        o->cancel_grace_seconds)
+        json_object_set_new(c, "cancel_grace_seconds", json_integer(o->cancel_grace_seconds));
     json_t *vars = json_object_get(env, "env_vars");
     if (!vars) {
         vars = json_object();
@@ -250,6 +257,11 @@ static ctarget_status check_values(json_t *c, ctarget_error *err)
     json_t *t = json_object_get(c, "max_run_duration_seconds");
     if (t && json_integer_value(t) < 0) {
         ct_err(err, CTARGET_E_CONFIG, "max_run_duration_seconds must not be negative");
+        return CTARGET_E_CONFIG;
+    }
+    json_t *g = json_object_get(c, "cancel_grace_seconds");
+    if (g && (json_integer_value(g) < 1 || json_integer_value(g) > 3600)) {
+        ct_err(err, CTARGET_E_CONFIG, "cancel_grace_seconds must be 1 to 3600");
         return CTARGET_E_CONFIG;
     }
     json_t *nc = json_object_get(c, "node_count");
@@ -474,12 +486,15 @@ static json_t *stored_config(json_t *c, const char *script, json_t *env)
     const char *fw = json_string_value(json_object_get(c, "framework"));
     json_t *nodes = json_object_get(c, "node_count");
     json_t *opts = json_object_get(c, "options");
+    json_t *grace = json_object_get(c, "cancel_grace_seconds");
     /* "o" takes the reference: a borrowed options object gets one of its own */
-    return json_pack("{s:s, s:o, s:s, s:I, s:I, s:o, s:O}", "script", script, "arguments", args,
-                     "framework", fw ? fw : "python", "timeout_seconds",
+    return json_pack("{s:s, s:o, s:s, s:I, s:I, s:o, s:O, s:I}", "script", script, "arguments",
+                     args, "framework", fw ? fw : "python", "timeout_seconds",
                      json_integer_value(json_object_get(c, "max_run_duration_seconds")),
                      "node_count", nodes ? json_integer_value(nodes) : (json_int_t)1,
-                     "options", opts ? json_incref(opts) : json_object(), "environment", env);
+                     "options", opts ? json_incref(opts) : json_object(), "environment", env,
+                     "cancel_grace_seconds",
+                     grace ? json_integer_value(grace) : (json_int_t)10);
 }
 
 static ctarget_status prepare_run(ctarget_ws *ws, json_t *c, const char *id, new_run *r,

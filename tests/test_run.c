@@ -368,6 +368,59 @@ static void t_cancel(void)
     free(id);
 }
 
+/* cancel_grace_seconds: from --cancel-grace or the run configuration, checked, shown, and
+ * honoured by the local target for a script that ignores SIGTERM. */
+static void t_cancel_grace(void)
+{
+    char *ws = rl_workspace(), *src = rl_source();
+    char *p = tl_path(src, "stubborn.py");
+    tl_write_file(p, "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                     "print('up', flush=True)\ntime.sleep(60)\n");
+    free(p);
+    tl_result r = TL_CT(ws, "-q", "run", "submit", "--target", "local", "--source", src,
+                        "--script", "stubborn.py", "--cancel-grace", "1");
+    TL_ASSERT_EXIT(r, 0);
+    char *id = strndup(r.out, strcspn(r.out, "\n"));
+    tl_result_free(&r);
+    json_t *j = rl_show(ws, id);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "cancel_grace_seconds")), 1);
+    json_decref(j);
+    CU_ASSERT(rl_wait_for(ws, id, "Running", 10000));
+    rl_sleep_ms(300); /* let the script install its handler */
+    long long t0 = tl_now_ms();
+    r = TL_CT(ws, "run", "cancel", id);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    CU_ASSERT_EQUAL(rl_wait(ws, id), 130);
+    long long took = tl_now_ms() - t0;
+    CU_ASSERT(took >= 900);  /* TERM was ignored: the grace was waited */
+    CU_ASSERT(took < 6000);  /* but not the default 10 s */
+    free(id);
+    /* the default, and bad values from the configuration file */
+    id = rl_submit(ws, src, NULL, SIM("run_ms=10"));
+    j = rl_show(ws, id);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "cancel_grace_seconds")), 10);
+    json_decref(j);
+    free(id);
+    char *cfg = tl_path(src, "bad.json");
+    tl_write_file(cfg, "{\"target\": \"sim\", \"script\": \"train.py\", "
+                       "\"cancel_grace_seconds\": 0}");
+    r = TL_CT(ws, "run", "submit", "--source", src, "--config", cfg);
+    TL_ASSERT_EXIT(r, 3);
+    CU_ASSERT(tl_contains(r.err, "cancel_grace_seconds"));
+    tl_result_free(&r);
+    tl_write_file(cfg, "{\"target\": \"sim\", \"script\": \"train.py\", "
+                       "\"cancel_grace_seconds\": \"5\"}");
+    r = TL_CT(ws, "run", "submit", "--source", src, "--config", cfg);
+    TL_ASSERT_EXIT(r, 3);
+    tl_result_free(&r);
+    r = TL_CT(ws, "run", "submit", "--target", "sim", "--source", src, "--script", "train.py",
+              "--cancel-grace", "soon");
+    TL_ASSERT_EXIT(r, 2);
+    tl_result_free(&r);
+    free(cfg);
+}
+
 /* A run that ends before the (slow) cancel takes effect stays Completed. */
 static void t_cancel_loses_race(void)
 {
@@ -751,6 +804,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_show_fields);
     TL_ADD(s, t_cancel);
     TL_ADD(s, t_cancel_loses_race);
+    TL_ADD(s, t_cancel_grace);
     TL_ADD(s, t_timeout);
     TL_ADD(s, t_not_responding_fails);
     TL_ADD(s, t_not_responding_recovers);

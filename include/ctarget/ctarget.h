@@ -147,6 +147,7 @@ typedef struct ctarget_run_opts {
     size_t n_env_vars;
     long long timeout_seconds;    /* max_run_duration_seconds; 0: the config's, else none */
     const char *framework;
+    long long cancel_grace_seconds; /* TERM -> KILL on cancel; 0: the config's, else 10 */
 } ctarget_run_opts;
 
 /* JSON {id, status, experiment, target, snapshot_id, exit_code (null)}.  A bad
