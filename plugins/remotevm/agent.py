@@ -1213,25 +1213,13 @@ class Chunked(object):
         self.buffer = self
 
     def read(self, n=-1):
-        if n is None or n < 0:
-            n = 1 << 62
-        out, got = [], 0
-        while got < n and not self.done:
-            if not self.left:
-                line = self.f.readline()
-                if not line:
-                    die(3, 'the upload ended early (connection dropped?)')
-                self.left = int(line, 16)
-                if not self.left:
-                    self.done = True
-                    break
-            b = self.f.read(min(self.left, n - got))
-            if not b:
-                die(3, 'the upload ended early (connection dropped?)')
-            self.left -= len(b)
-            got += len(b)
-            out.append(b)
-        return b''.join(out)
+        if n is None or n < 0:  # everything that is left (only drain asks, in pieces)
+            out = []
+            while not self.done:
+                out.append(self.read(CHUNK))
+            return b''.join(out)
+        buf = bytearray(n)
+        return bytes(buf[:self.readinto(memoryview(buf))])
 
     def readinto(self, view):
         got, n = 0, len(view)
