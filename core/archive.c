@@ -55,6 +55,10 @@ static ctarget_status arch_fail(arch_writer *w, const char *what, ctarget_error 
 ctarget_status arch_writer_open(ctarget_write_fn out, void *out_arg, unsigned flags,
                                 arch_writer **wp, ctarget_error *err)
 {
+    *wp = NULL;
+    ctarget_status lrc = arch_lib_load(err);
+    if (lrc)
+        return lrc;
     arch_writer *w = xcalloc(1, sizeof *w);
     w->out = out;
     w->out_arg = out_arg;
@@ -476,6 +480,9 @@ static int first_is_manifest(const char *path)
 ctarget_status arch_extract_safe(const char *archive_path, const char *dest,
                                  const char *blob_root, ctarget_error *err)
 {
+    ctarget_status lrc = arch_lib_load(err);
+    if (lrc)
+        return lrc;
     if (strcmp(archive_path, "-") && access(archive_path, R_OK) != 0) {
         ct_err_errno(err, CTARGET_E_NOT_FOUND, errno, "cannot read archive %s", archive_path);
         return CTARGET_E_NOT_FOUND;
