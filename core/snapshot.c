@@ -15,9 +15,6 @@
 #include "util.h"
 #include "ws.h"
 
-/* Files modified this close to the snapshot's start are not cached (racily clean). */
-#define RACY_MARGIN_NS 1000000000LL
-
 static int64_t wall_ns(void)
 {
     struct timespec ts;
@@ -82,7 +79,7 @@ static ctarget_status hash_and_store(const char *source, const char *blob_root, 
         return rc;
     for (size_t i = 0; i < t->n; i++)
         if (t->v[i].hashed)
-            t->v[i].cacheable = t->v[i].mtime_ns < start_ns - RACY_MARGIN_NS;
+            t->v[i].cacheable = t->v[i].mtime_ns < start_ns - SNAP_RACY_MARGIN_NS;
     strbuf sb;
     sb_init(&sb);
     snap_manifest_lines(t, &sb);
@@ -133,19 +130,23 @@ static ctarget_status create_locked(ctarget_ws *ws, const char *source, snap_tre
         return CTARGET_E_IO;
     }
     create_result cr = {.id = ""};
+    snap_cache_state *cs = xcalloc(1, sizeof *cs);
     int64_t t0 = time_mono_ns();
-    ctarget_status rc = snap_db_apply_cache(ws->st, source, blob_root, t, err);
+    ctarget_status rc = snap_db_apply_cache(ws->st, source, blob_root, t, cs, err);
     int64_t t1 = time_mono_ns();
     if (!rc)
         rc = hash_and_store(source, blob_root, t, start_ns, &cr, err);
-    log_msg(CTARGET_LOG_DEBUG, "snapshot phases: stat cache %.1f ms, hashing %.1f ms",
-            (t1 - t0) / 1e6, (time_mono_ns() - t1) / 1e6);
+    int64_t t2 = time_mono_ns();
     int64_t now = time_now_ms();
     char *parent = NULL;
     if (!rc) {
         snap_record r = {cr.id, source, now, t->files, t->bytes, cr.hs.new_bytes, git_text};
-        rc = snap_db_record(ws->st, &r, t, &parent, err);
+        rc = snap_db_record(ws->st, &r, t, cs, blob_root, wall_ns(), &parent, err);
     }
+    log_msg(CTARGET_LOG_DEBUG, "snapshot phases: stat cache %.1f ms (%zu cached blobs "
+            "checked), hashing and manifest %.1f ms, recording %.1f ms", (t1 - t0) / 1e6,
+            cs->verified, (t2 - t1) / 1e6, (time_mono_ns() - t2) / 1e6);
+    free(cs);
     blob_unlock(lock);
     if (!rc) {
         json_t *j = create_json(source, parent, t, &cr, now, git);

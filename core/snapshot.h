@@ -20,12 +20,20 @@
  *
  * STAT CACHE
  *  Per source directory (its realpath), the size, mtime_ns, ctime_ns, inode and device of
- *  every file hashed, with its sha256, are kept in the store.  A file whose lstat matches is
- *  not read again (its blob must still exist).  As in git's index, an entry is "racily clean"
- *  when its mtime is not safely older than the snapshot's start: a later write within the
- *  same timestamp tick would leave its stat unchanged.  Such entries (mtime >= start - 1 s,
- *  which also covers coarse-timestamp file systems) are not cached, so they are hashed again
- *  next time.
+ *  every file hashed, with its sha256, are kept in the store as one record read in one go
+ *  (snap_db.c has the layout).  A file whose lstat matches is not read again (its blob must
+ *  still exist).  As in git's index, an entry is "racily clean" when its mtime is not safely
+ *  older than the snapshot's start: a later write within the same timestamp tick would leave
+ *  its stat unchanged.  Such entries (mtime >= start - 1 s, which also covers
+ *  coarse-timestamp file systems) are not cached, so they are hashed again next time.
+ *
+ *  That cached blobs still exist is not checked one by one.  The record also keeps the boot
+ *  id and a stamp (mtime, ctime, inode) of each of the blob store's 256 fan-out directories:
+ *  removing a blob (gc, or by hand) changes its directory's stamp, so only the cached blobs
+ *  of directories whose stamp changed are looked at (size included), and all of them after
+ *  a reboot, when a crash may have cut a young blob short (blobs are not fsync'ed).  Stamps
+ *  younger than the racy margin, or that changed while the snapshot ran, are stored as
+ *  "not trusted" and checked next time.
  *
  * CONCURRENCY
  *  Blobs are written under a shared lock that `snapshot gc` takes exclusively; the snapshot
@@ -122,9 +130,28 @@ ctarget_status snap_hash_files(const char *root, const char *blob_root, snap_tre
                                snap_hash_stats *stats, ctarget_error *err);
 
 /* ---- the store (snap_db.c) --------------------------------------------------------------- */
+/* Files (and blob store directories) modified this close to a snapshot are not trusted to be
+ * unchanged when their stat is (racily clean). */
+#define SNAP_RACY_MARGIN_NS 1000000000LL
+#define SNAP_FANOUT 256
+
+typedef struct snap_stamp {
+    int64_t mtime_ns, ctime_ns;
+    uint64_t ino;
+} snap_stamp;
+
+/* What applying the cache saw, for recording it afterwards. */
+typedef struct snap_cache_state {
+    char boot[40];                      /* this boot's id ("" when unknown) */
+    snap_stamp seen[SNAP_FANOUT];       /* the blob store's fan-out directories then */
+    size_t stored;                      /* entries stored (SIZE_MAX: no usable record) */
+    unsigned char stored_header[8 + 40 + SNAP_FANOUT * sizeof(snap_stamp) + 8];
+    size_t verified;                    /* cached blobs whose existence was checked */
+} snap_cache_state;
+
 /* Fill sha of entries whose stat matches the cache (and whose blob exists). */
 ctarget_status snap_db_apply_cache(store *st, const char *source, const char *blob_root,
-                                   snap_tree *t, ctarget_error *err);
+                                   snap_tree *t, snap_cache_state *cs, ctarget_error *err);
 typedef struct snap_record {
     const char *id, *source_dir;
     int64_t created_at;
@@ -132,8 +159,10 @@ typedef struct snap_record {
     const char *git_json;      /* or NULL */
 } snap_record;
 /* Record the snapshot (kept as first recorded when the id exists), the source's latest
- * snapshot and its stat cache, in one transaction.  *parent: owned, NULL for none. */
+ * snapshot and its stat cache (cs from snap_db_apply_cache; now_ns: wall clock), in one
+ * transaction.  *parent: owned, NULL for none. */
 ctarget_status snap_db_record(store *st, const snap_record *r, const snap_tree *t,
+                              const snap_cache_state *cs, const char *blob_root, int64_t now_ns,
                               char **parent, ctarget_error *err);
 /* One snapshot row as JSON (NULL when absent); resolve a unique id prefix into *id. */
 ctarget_status snap_db_resolve(store *st, const char *prefix, char **id, ctarget_error *err);

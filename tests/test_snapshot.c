@@ -271,6 +271,61 @@ static void t_stat_cache_reads_nothing_unchanged(void)
     free(ws), free(src);
 }
 
+/* The stat cache does not look at every cached blob: only at those in blob store directories
+ * whose stamp changed since it was written.  Needs stamps older than the racy margin (1 s),
+ * so this test sleeps once. */
+static long long blobs_checked(const char *ws, const char *src, json_t **out)
+{
+    tl_result r = SNAP(ws, "create", src, "--output", "json", "-v", "-v");
+    TL_ASSERT_EXIT(r, 0);
+    const char *m = strstr(r.err ? r.err : "", "stat cache ");
+    const char *p = m ? strstr(m, " ms (") : NULL;
+    long long n = p ? strtoll(p + 5, NULL, 10) : -1;
+    *out = r.status == 0 ? tl_json(&r) : NULL;
+    tl_result_free(&r);
+    return n;
+}
+
+static void t_stat_cache_checks_blobs_only_where_the_store_changed(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    char name[32];
+    for (int i = 0; i < 40; i++) {
+        snprintf(name, sizeof name, "d%d/f%d.txt", i % 4, i);
+        put(src, name, name, 0644);
+    }
+    age_tree(src, 1600000000);
+    json_t *j1, *j2, *j3, *j4, *j5;
+    /* cold: nothing cached; the blob directories just written are too young to trust */
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j1), 0);
+    CU_ASSERT_EQUAL(jint(j1, "hashed_files"), 40);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j2), 40);
+    sleep(1);
+    struct timespec pause = {0, 200000000};
+    nanosleep(&pause, NULL);
+    /* every cached blob looked at once more, then their directories are trusted */
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j3), 40);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j4), 0);
+    CU_ASSERT_EQUAL(jint(j4, "hashed_files"), 0);
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j4, "id"));
+    /* a blob removed by hand changes its directory: that directory's blobs are looked at,
+     * the missing one is noticed and its file read and stored again */
+    json_t *s = show(ws, jstr(j4, "id"));
+    char *root = blob_root_for_ws(ws);
+    char *bp = blob_path(root, jstr(show_entry(s, "d2/f6.txt"), "sha256"));
+    CU_ASSERT_EQUAL(unlink(bp), 0);
+    long long checked = blobs_checked(ws, src, &j5);
+    CU_ASSERT(checked >= 1 && checked < 40);
+    CU_ASSERT_EQUAL(jint(j5, "hashed_files"), 1);
+    CU_ASSERT_EQUAL(jint(j5, "new_bytes"), (long long)strlen("d2/f6.txt"));
+    CU_ASSERT_EQUAL(access(bp, F_OK), 0);
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j5, "id"));
+    free(bp), free(root);
+    json_decref(s), json_decref(j1), json_decref(j2), json_decref(j3), json_decref(j4);
+    json_decref(j5);
+    free(ws), free(src);
+}
+
 /* ---- limits ------------------------------------------------------------------------------- */
 
 static void t_limit_files(void)
@@ -862,6 +917,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_same_tree_same_id);
     TL_ADD(s, t_change_new_id_parent_new_bytes);
     TL_ADD(s, t_stat_cache_reads_nothing_unchanged);
+    TL_ADD(s, t_stat_cache_checks_blobs_only_where_the_store_changed);
     TL_ADD(s, t_limit_files);
     TL_ADD(s, t_limit_bytes);
     TL_ADD(s, t_symlinks_and_fifo);
