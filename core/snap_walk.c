@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,8 +215,127 @@ static void limit_message(const char *root, const snap_tree *t, const snap_limit
 
 /* ---- walking ----------------------------------------------------------------------------- */
 
+/* ---- stat'ing regular files off the walk ---------------------------------------------------
+ *
+ * lstat is most of a warm snapshot's cost (the stat cache then vouches for every file), and
+ * the walk itself (readdir, ignore rules) needs no stat for names whose d_type says they are
+ * regular files.  So the walk hands each directory's regular files to helper threads as one
+ * job (a descriptor of the directory and the names) and goes on; finished jobs are applied
+ * to the tree by the walking thread only, which then stats what is left itself.  Files are
+ * still stat'ed relative to their directory's descriptor, never by a path. */
+#define STAT_MAX_THREADS 4
+#define STAT_MAX_QUEUED 64      /* jobs waiting; beyond that the walk stats them itself */
+
+typedef struct stat_res {
+    int err;                    /* errno of fstatat, 0 when it worked */
+    struct stat st;
+} stat_res;
+
+typedef struct stat_job {
+    struct stat_job *next;
+    int dirfd;                  /* a duplicate, owned */
+    size_t n;
+    char **names;               /* owned */
+    size_t *idx;                /* their entries in the tree */
+    stat_res *res;
+} stat_job;
+
+typedef struct stat_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t more, idle;
+    stat_job *todo, *todo_tail, *done;
+    size_t queued, busy;
+    int stop;
+    size_t n_threads;
+    pthread_t tid[STAT_MAX_THREADS];
+} stat_pool;
+
+static void job_run(stat_job *j)
+{
+    for (size_t i = 0; i < j->n; i++)
+        j->res[i].err = fstatat(j->dirfd, j->names[i], &j->res[i].st, AT_SYMLINK_NOFOLLOW) != 0
+                        ? errno : 0;
+}
+
+static void job_free(stat_job *j)
+{
+    for (size_t i = 0; i < j->n; i++)
+        free(j->names[i]);
+    free(j->names);
+    free(j->idx);
+    free(j->res);
+    if (j->dirfd >= 0)
+        close(j->dirfd);
+    free(j);
+}
+
+static void *stat_worker(void *arg)
+{
+    stat_pool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->todo && !p->stop)
+            pthread_cond_wait(&p->more, &p->mu);
+        if (!p->todo)
+            break;
+        stat_job *j = p->todo;
+        p->todo = j->next;
+        p->queued--;
+        p->busy++;
+        pthread_mutex_unlock(&p->mu);
+        job_run(j);
+        pthread_mutex_lock(&p->mu);
+        j->next = p->done;
+        p->done = j;
+        p->busy--;
+        pthread_cond_signal(&p->idle);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void pool_start(stat_pool *p)
+{
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->more, NULL);
+    pthread_cond_init(&p->idle, NULL);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    /* the walking thread is one of the cores */
+    size_t want = cpus > 1 ? (size_t)cpus - 1 : 0;
+    if (want > STAT_MAX_THREADS)
+        want = STAT_MAX_THREADS;
+    for (size_t i = 0; i < want; i++)
+        if (pthread_create(&p->tid[p->n_threads], NULL, stat_worker, p) == 0)
+            p->n_threads++;
+}
+
+static void pool_stop(stat_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->more);
+    pthread_mutex_unlock(&p->mu);
+    for (size_t i = 0; i < p->n_threads; i++)
+        pthread_join(p->tid[i], NULL);
+    /* jobs left after a failure */
+    for (stat_job *j = p->todo, *next; j; j = next) {
+        next = j->next;
+        job_free(j);
+    }
+    for (stat_job *j = p->done, *next; j; j = next) {
+        next = j->next;
+        job_free(j);
+    }
+    pthread_cond_destroy(&p->more);
+    pthread_cond_destroy(&p->idle);
+    pthread_mutex_destroy(&p->mu);
+}
+
 typedef struct walk {
     const char *root;
+    stat_pool pool;
+    size_t vanished;           /* entries whose file went away before its stat */
     ignore *ig;
     snap_tree *t;
     const snap_limits *lim;
@@ -306,6 +426,98 @@ static void add_file(walk *w, const char *rel, const struct stat *st)
     w->t->bytes += e->size;
 }
 
+/* A finished job into the tree (walking thread only). */
+static ctarget_status job_apply(walk *w, stat_job *j, ctarget_error *err)
+{
+    ctarget_status rc = CTARGET_OK;
+    for (size_t i = 0; i < j->n && !rc; i++) {
+        snap_entry *e = &w->t->v[j->idx[i]];
+        const struct stat *st = &j->res[i].st;
+        if (j->res[i].err == ENOENT) {
+            /* vanished since readdir: nothing to snapshot */
+            free(e->path);
+            e->path = NULL;
+            w->vanished++;
+            w->t->files--;
+        } else if (j->res[i].err) {
+            ct_err_errno(err, CTARGET_E_IO, j->res[i].err, "cannot stat %s/%s", w->root,
+                         e->path);
+            rc = CTARGET_E_IO;
+        } else if (!S_ISREG(st->st_mode)) {
+            ct_err(err, CTARGET_E_FAILED, "%s/%s stopped being a regular file during the "
+                   "snapshot; take it again", w->root, e->path);
+            rc = CTARGET_E_FAILED;
+        } else {
+            e->mode = st->st_mode & 0777;
+            e->size = (uint64_t)st->st_size;
+            e->mtime_ns = ts_ns(st->st_mtim);
+            e->ctime_ns = ts_ns(st->st_ctim);
+            e->ino = (uint64_t)st->st_ino;
+            e->dev = (uint64_t)st->st_dev;
+            w->t->bytes += e->size;
+        }
+    }
+    job_free(j);
+    return rc;
+}
+
+/* Apply the jobs finished so far; with wait, first finish all of them (helping). */
+static ctarget_status jobs_collect(walk *w, int wait, ctarget_error *err)
+{
+    stat_pool *p = &w->pool;
+    pthread_mutex_lock(&p->mu);
+    while (wait && p->todo) {
+        stat_job *j = p->todo;
+        p->todo = j->next;
+        p->queued--;
+        pthread_mutex_unlock(&p->mu);
+        job_run(j);
+        pthread_mutex_lock(&p->mu);
+        j->next = p->done;
+        p->done = j;
+    }
+    while (wait && p->busy)
+        pthread_cond_wait(&p->idle, &p->mu);
+    stat_job *done = p->done;
+    p->done = NULL;
+    pthread_mutex_unlock(&p->mu);
+    ctarget_status rc = CTARGET_OK;
+    for (stat_job *j = done, *next; j; j = next) {
+        next = j->next;
+        if (rc)
+            job_free(j);
+        else
+            rc = job_apply(w, j, err);
+    }
+    return rc;
+}
+
+/* Hand a directory's regular files to the helpers, or stat them here when there are none
+ * or enough is queued already. */
+static ctarget_status jobs_submit(walk *w, stat_job *j, ctarget_error *err)
+{
+    stat_pool *p = &w->pool;
+    j->res = xcalloc(j->n, sizeof *j->res);
+    if (p->n_threads) {
+        pthread_mutex_lock(&p->mu);
+        if (p->queued < STAT_MAX_QUEUED) {
+            j->next = NULL;
+            if (p->todo)
+                p->todo_tail->next = j;
+            else
+                p->todo = j;
+            p->todo_tail = j;
+            p->queued++;
+            pthread_cond_signal(&p->more);
+            pthread_mutex_unlock(&p->mu);
+            return CTARGET_OK;
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    job_run(j);
+    return job_apply(w, j, err);
+}
+
 /* Classify one directory entry (stat relative to its directory: no path walk per file);
  * *descend set for kept subdirectories. */
 static ctarget_status add_entry(walk *w, int dirfd, const char *name, const char *reldir,
@@ -343,13 +555,18 @@ static ctarget_status add_entry(walk *w, int dirfd, const char *name, const char
     return rc;
 }
 
-static int cmp_str(const void *a, const void *b)
+typedef struct dent {
+    char *name;
+    unsigned char type;        /* d_type: DT_UNKNOWN when the file system does not say */
+} dent;
+
+static int cmp_dent(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const dent *)a)->name, ((const dent *)b)->name);
 }
 
 /* Names in a directory, sorted so that walks (and warnings) are deterministic. */
-static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, char ***names,
+static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, dent **names,
                                size_t *n, ctarget_error *err)
 {
     int fd = dup(dirfd);
@@ -370,11 +587,11 @@ static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, char ***n
             continue;
         if (*n == cap)
             *names = xrealloc(*names, (cap = cap ? cap * 2 : 16) * sizeof **names);
-        (*names)[(*n)++] = xstrdup(de->d_name);
+        (*names)[(*n)++] = (dent){xstrdup(de->d_name), de->d_type};
     }
     closedir(d);
     if (*n)
-        qsort(*names, *n, sizeof **names, cmp_str);
+        qsort(*names, *n, sizeof **names, cmp_dent);
     return CTARGET_OK;
 }
 
@@ -390,6 +607,26 @@ static void free_names(char **names, size_t n)
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
+}
+
+static void free_dents(dent *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i].name);
+    free(names);
+}
+
+/* "reldir/name", or name at the root. */
+static char *rel_join(const char *reldir, const char *name)
+{
+    size_t dl = strlen(reldir), nl = strlen(name);
+    char *r = xmalloc(dl + nl + 2);
+    if (dl) {
+        memcpy(r, reldir, dl);
+        r[dl++] = '/';
+    }
+    memcpy(r + dl, name, nl + 1);
+    return r;
 }
 
 static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth,
@@ -421,25 +658,59 @@ static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth
                reldir, WALK_MAX_DEPTH);
         return CTARGET_E_LIMIT;
     }
-    char **names;
+    dent *names;
     size_t n;
     ctarget_status rc = list_dir(w, dirfd, reldir, &names, &n, err);
     if (rc)
         return rc;
     if ((rc = ignore_enter(w->ig, reldir, err))) {
-        free_names(names, n);
+        free_dents(names, n);
         return rc;
     }
     /* classify every entry while this directory's rules are on top, then descend */
     unsigned char *sub = xcalloc(n + 1, 1);
     size_t before = w->t->n;
     char **rels = xcalloc(n + 1, sizeof *rels);
+    stat_job *job = NULL;
     for (size_t i = 0; i < n && !rc; i++) {
-        rels[i] = *reldir ? xasprintf("%s/%s", reldir, names[i]) : xstrdup(names[i]);
-        int d;
-        rc = add_entry(w, dirfd, names[i], reldir, rels[i], &d, err);
-        sub[i] = (unsigned char)d;
+        rels[i] = rel_join(reldir, names[i].name);
+        if (names[i].type != DT_REG) {
+            int d;
+            rc = add_entry(w, dirfd, names[i].name, reldir, rels[i], &d, err);
+            sub[i] = (unsigned char)d;
+            continue;
+        }
+        /* a regular file by its d_type: kept or not without a stat, stat'ed later */
+        if (ignore_is_excluded(w->ig, rels[i], 0))
+            continue;
+        if (!utf8_valid(rels[i])) {
+            ct_err(err, CTARGET_E_FAILED, "%s/%s: the name is not valid UTF-8; rename it or "
+                   "add it to %s", w->root, rels[i], ignore_file_name(w->ig));
+            rc = CTARGET_E_FAILED;
+            break;
+        }
+        if (!job) {
+            job = xcalloc(1, sizeof *job);
+            job->dirfd = -1;
+            job->names = xcalloc(n, sizeof *job->names);
+            job->idx = xcalloc(n, sizeof *job->idx);
+        }
+        snap_tree_add(w->t, rels[i], SNAP_FILE);
+        w->t->files++;
+        job->idx[job->n] = w->t->n - 1;
+        job->names[job->n++] = names[i].name;
+        names[i].name = NULL;
     }
+    if (job && !rc && (job->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s/%s", w->root, reldir);
+        rc = CTARGET_E_IO;
+    }
+    if (job && !rc)
+        rc = jobs_submit(w, job, err);
+    else if (job)
+        job_free(job);
+    if (!rc)
+        rc = jobs_collect(w, 0, err);
     if (w->t->n / 1024 != before / 1024 && time_mono_ns() - w->start_ns > PROGRESS_AFTER_NS)
         progress_report("snapshot: scanning", w->t->n, 0);
     for (size_t i = 0; i < n && !rc; i++) {
@@ -449,13 +720,23 @@ static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth
             w->truncated = 1;
             break;
         }
-        rc = descend(w, dirfd, names[i], rels[i], depth + 1, err);
+        rc = descend(w, dirfd, names[i].name, rels[i], depth + 1, err);
     }
     ignore_leave(w->ig);
     free_names(rels, n);
-    free_names(names, n);
+    free_dents(names, n);
     free(sub);
     return rc;
+}
+
+/* Drop the entries of files that vanished before their stat. */
+static void compact(snap_tree *t)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->v[i].path)
+            t->v[k++] = t->v[i];
+    t->n = k;
 }
 
 ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *skip_dir,
@@ -473,6 +754,7 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
     if (rc)
         return rc;
     int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    pool_start(&w.pool);
     if (fd < 0) {
         ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s", root);
         rc = CTARGET_E_IO;
@@ -480,6 +762,16 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
         rc = walk_dir(&w, fd, "", 0, err);
         close(fd);
     }
+    ctarget_error cerr;
+    ctarget_error_init(&cerr);
+    ctarget_status crc = jobs_collect(&w, 1, &cerr);
+    if (!rc && crc) {
+        rc = crc;
+        *err = cerr;
+    }
+    pool_stop(&w.pool);
+    if (w.vanished)
+        compact(t);
     if (!rc) {
         snap_tree_sort(t);
         if (t->files > lim->max_files || t->bytes > lim->max_bytes) {
