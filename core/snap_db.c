@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include <openssl/evp.h>
 #include <unistd.h>
 
 #include "blobstore.h"
@@ -18,9 +20,11 @@
 
 /* One row per source directory whose data is the whole cache, read and written in one go
  * (like git's index) rather than a row per file:
- *   header  "ctstat1\n", the boot id it was written in (40 bytes, NUL-padded), the stamps of
- *           the 256 blob fan-out directories (mtime_ns, ctime_ns, inode; all 0: not
- *           trusted), the entry count (u64)
+ *   header  "ctstat1\n", the boot id it was written in (40 bytes, NUL-padded), the id of
+ *           the snapshot recorded with it (64 hex digits, 8 NULs), the sha256 of the tree's
+ *           directories and symlinks (32 bytes), that snapshot's manifest size (u64), the
+ *           stamps of the 256 blob fan-out directories (mtime_ns, ctime_ns, inode; all 0:
+ *           not trusted), the entry count (u64)
  *   entries size, mtime_ns, ctime_ns, inode, dev (8 bytes each), sha256 (32 raw bytes),
  *           path length (u32), 4 bytes of padding, the path padded to a multiple of 8;
  *           sorted by path in byte order.
@@ -29,9 +33,14 @@
 #define SI_MAGIC "ctstat1\n"
 #define SI_BOOT 40
 #define SI_STAMP 24
-#define SI_HEADER (8 + SI_BOOT + SNAP_FANOUT * SI_STAMP + 8)
+#define SI_OFF_BOOT 8
+#define SI_OFF_ID 48          /* the snapshot these entries and this shape gave (hex) */
+#define SI_OFF_SHAPE 120      /* sha256 of the tree's directories and symlinks */
+#define SI_OFF_MBYTES 152     /* that snapshot's manifest size */
+#define SI_OFF_STAMPS 160
+#define SI_HEADER (SI_OFF_STAMPS + SNAP_FANOUT * SI_STAMP + 8)
 _Static_assert(sizeof(snap_stamp) == SI_STAMP, "snap_stamp is stored as it is in memory");
-_Static_assert(sizeof(((snap_cache_state *)0)->stored_header) == SI_HEADER, "header size");
+_Static_assert(SNAP_CACHE_HEADER == SI_HEADER, "header size");
 _Static_assert(sizeof(((snap_cache_state *)0)->boot) == SI_BOOT, "boot id size");
 #define SI_FIXED 80
 #define SI_MAX_PATH 65535
@@ -46,6 +55,14 @@ static uint64_t get_u64(const unsigned char *p)
 static void put_u64(unsigned char *p, uint64_t v)
 {
     memcpy(p, &v, 8);
+}
+
+static int blob_valid_id(const unsigned char *p)
+{
+    char id[65];
+    memcpy(id, p, 64);
+    id[64] = '\0';
+    return blob_valid_sha(id);
 }
 
 static int hexval(char c)
@@ -161,6 +178,30 @@ static void verify_blobs(const char *blob_root, const unsigned char check[SNAP_F
     blob_dirs_close(&bd);
 }
 
+/* sha256 of what the manifest says about directories and symlinks: with every file matched
+ * by the cache, this is all that could make the manifest differ from last time. */
+static void tree_shape(const snap_tree *t, unsigned char out[32])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (!md)
+        abort();
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    for (size_t i = 0; i < t->n; i++) {
+        const snap_entry *e = &t->v[i];
+        if (e->type == SNAP_FILE)
+            continue;
+        unsigned char head[5] = {(unsigned char)e->type, (unsigned char)(e->mode >> 8),
+                                 (unsigned char)e->mode, 0, 0};
+        EVP_DigestUpdate(md, head, sizeof head);
+        EVP_DigestUpdate(md, e->path, strlen(e->path) + 1);
+        if (e->target)
+            EVP_DigestUpdate(md, e->target, strlen(e->target) + 1);
+    }
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(md, out, &len);
+    EVP_MD_CTX_free(md);
+}
+
 /* Merge the stored entries (sorted like the tree) into t; returns how many were stored, or
  * SIZE_MAX when the data does not parse (then nothing is applied). */
 static size_t apply_entries(const unsigned char *p, size_t len, snap_tree *t)
@@ -235,10 +276,10 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
         size_t len = (size_t)sqlite3_column_bytes(s, 0);
         if (p && (cs->stored = apply_entries(p, len, t)) != SIZE_MAX) {
             memcpy(cs->stored_header, p, SI_HEADER);
-            int same_boot = cs->boot[0] && !memcmp(p + 8, cs->boot, SI_BOOT);
+            int same_boot = cs->boot[0] && !memcmp(p + SI_OFF_BOOT, cs->boot, SI_BOOT);
             for (int i = 0; i < SNAP_FANOUT && same_boot; i++) {
                 snap_stamp was;
-                memcpy(&was, p + 8 + SI_BOOT + (size_t)i * SI_STAMP, SI_STAMP);
+                memcpy(&was, p + SI_OFF_STAMPS + (size_t)i * SI_STAMP, SI_STAMP);
                 check[i] = !stamp_trusted(&was) || !stamp_equal(&was, &cs->seen[i]);
             }
         }
@@ -252,37 +293,83 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
     cs->verified = n_check;
     if (!rc && n_check)
         verify_blobs(blob_root, check, n_check, t);
+    /* Every file matched by the stored entries and no others stored, and the same directories
+     * and symlinks: the manifest is the one recorded with this cache, byte for byte. */
+    tree_shape(t, cs->shape);
+    size_t files = 0, matched = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->v[i].type == SNAP_FILE) {
+            files++;
+            matched += t->v[i].sha[0] != '\0';
+        }
+    const unsigned char *h = cs->stored_header;
+    if (!rc && cs->stored != SIZE_MAX && files == cs->stored && matched == files &&
+        !memcmp(h + SI_OFF_SHAPE, cs->shape, 32) && blob_valid_id(h + SI_OFF_ID)) {
+        memcpy(cs->same_id, h + SI_OFF_ID, 64);
+        cs->same_id[64] = '\0';
+        cs->same_manifest_bytes = get_u64(h + SI_OFF_MBYTES);
+    }
     return rc;
 }
 
-/* The cache record for t; the header's fan-out stamps are those that held both when the
- * cache was applied and now (blobs written meanwhile, by us or another snapshot, make a
+static int cache_entry(const snap_entry *e)
+{
+    return e->type == SNAP_FILE && e->cacheable && strlen(e->path) <= SI_MAX_PATH;
+}
+
+/* The header of the cache record for t.  Its fan-out stamps are those that held both when
+ * the cache was applied and now (blobs written meanwhile, by us or another snapshot, make a
  * directory's entries be looked at next time). */
-static void build_cache(const snap_cache_state *cs, const char *blob_root, const snap_tree *t,
-                        int64_t now_ns, strbuf *sb)
+static void build_header(const snap_cache_state *cs, const char *blob_root, const snap_tree *t,
+                         const char *id, uint64_t manifest_bytes, int64_t now_ns,
+                         unsigned char head[SI_HEADER])
 {
     snap_stamp now[SNAP_FANOUT];
     fanout_stamps(blob_root, now_ns, now);
-    unsigned char head[SI_HEADER];
-    memset(head, 0, sizeof head);
+    memset(head, 0, SI_HEADER);
     memcpy(head, SI_MAGIC, 8);
-    memcpy(head + 8, cs->boot, SI_BOOT);
+    memcpy(head + SI_OFF_BOOT, cs->boot, SI_BOOT);
+    memcpy(head + SI_OFF_ID, id, 64);
+    memcpy(head + SI_OFF_SHAPE, cs->shape, 32);
+    put_u64(head + SI_OFF_MBYTES, manifest_bytes);
     for (int i = 0; i < SNAP_FANOUT; i++) {
         snap_stamp keep = {0, 0, 0};
         if (cs->boot[0] && stamp_trusted(&now[i]) && stamp_equal(&now[i], &cs->seen[i]))
             keep = now[i];
-        memcpy(head + 8 + SI_BOOT + (size_t)i * SI_STAMP, &keep, SI_STAMP);
+        memcpy(head + SI_OFF_STAMPS + (size_t)i * SI_STAMP, &keep, SI_STAMP);
     }
     uint64_t n = 0;
     for (size_t i = 0; i < t->n; i++)
-        n += t->v[i].type == SNAP_FILE && t->v[i].cacheable && strlen(t->v[i].path) <= SI_MAX_PATH;
+        n += cache_entry(&t->v[i]);
     put_u64(head + SI_HEADER - 8, n);
-    sb_add(sb, head, sizeof head);
+}
+
+/* Whether the record on disk would change: any file read this time, a cached entry that no
+ * longer applies, another boot or other fan-out stamps.  A warm snapshot of an unchanged
+ * tree then writes nothing. */
+static int cache_dirty(const snap_cache_state *cs, const snap_tree *t,
+                       const unsigned char head[SI_HEADER])
+{
+    if (cs->stored == SIZE_MAX || get_u64(head + SI_HEADER - 8) != cs->stored ||
+        memcmp(head, cs->stored_header, SI_HEADER) != 0)
+        return 1;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->v[i].type == SNAP_FILE && t->v[i].hashed)
+            return 1;
+    return 0;
+}
+
+static void build_entries(const snap_tree *t, strbuf *sb)
+{
+    size_t guess = sb->len;
+    for (size_t i = 0; i < t->n; i++)
+        guess += SI_FIXED + strlen(t->v[i].path) + 8;
+    sb_reserve(sb, guess);
     for (size_t i = 0; i < t->n; i++) {
         const snap_entry *e = &t->v[i];
-        size_t plen = strlen(e->path);
-        if (e->type != SNAP_FILE || !e->cacheable || plen > SI_MAX_PATH)
+        if (!cache_entry(e))
             continue;
+        size_t plen = strlen(e->path);
         unsigned char r[SI_FIXED];
         memset(r, 0, sizeof r);
         put_u64(r, e->size);
@@ -299,24 +386,6 @@ static void build_cache(const snap_cache_state *cs, const char *blob_root, const
         sb_add(sb, e->path, plen);
         sb_add(sb, zeros, ((plen + 7) & ~(size_t)7) - plen);
     }
-}
-
-/* Whether the record on disk would change: any file read this time, a cached entry that no
- * longer applies, another boot or other fan-out stamps.  A warm snapshot of an unchanged
- * tree then writes nothing. */
-static int cache_dirty(const snap_cache_state *cs, const snap_tree *t, const strbuf *rec)
-{
-    if (cs->stored == SIZE_MAX)
-        return 1;
-    size_t cacheable = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        if (t->v[i].type != SNAP_FILE)
-            continue;
-        if (t->v[i].hashed)
-            return 1;
-        cacheable += t->v[i].cacheable != 0;
-    }
-    return cacheable != cs->stored || memcmp(rec->data, cs->stored_header, SI_HEADER) != 0;
 }
 
 static ctarget_status write_cache(store *st, const char *source, const strbuf *rec,
@@ -388,10 +457,15 @@ ctarget_status snap_db_record(store *st, const snap_record *r, const snap_tree *
 {
     *parent = NULL;
     /* built before the transaction: the write lock is held as briefly as possible */
+    unsigned char head[SI_HEADER];
+    build_header(cs, blob_root, t, r->id, r->manifest_bytes, now_ns, head);
+    int dirty = cache_dirty(cs, t, head);
     strbuf rec;
     sb_init(&rec);
-    build_cache(cs, blob_root, t, now_ns, &rec);
-    int dirty = cache_dirty(cs, t, &rec);
+    if (dirty) {
+        sb_add(&rec, head, SI_HEADER);
+        build_entries(t, &rec);
+    }
     ctarget_status rc = store_begin(st, err);
     if (rc) {
         sb_free(&rec);

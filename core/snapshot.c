@@ -67,12 +67,22 @@ typedef struct create_result {
 
 /* Hash what the stat cache cannot vouch for, then store the manifest as blob <id>. */
 static ctarget_status hash_and_store(const char *source, const char *blob_root, snap_tree *t,
-                                     int64_t start_ns, create_result *cr, ctarget_error *err)
+                                     const snap_cache_state *cs, int64_t start_ns,
+                                     create_result *cr, ctarget_error *err)
 {
     for (size_t i = 0; i < t->n; i++) {
         snap_entry *e = &t->v[i];
         e->hashed = e->type == SNAP_FILE && !e->sha[0];
         cr->dirs += e->type == SNAP_DIR;
+    }
+    /* nothing changed since the cache was recorded: the manifest would be the same bytes */
+    uint64_t size;
+    if (cs->same_id[0] && blob_exists(blob_root, cs->same_id, &size) &&
+        size == cs->same_manifest_bytes) {
+        memcpy(cr->id, cs->same_id, sizeof cr->id);
+        cr->manifest_bytes = (size_t)size;
+        memset(&cr->hs, 0, sizeof cr->hs);
+        return CTARGET_OK;
     }
     ctarget_status rc = snap_hash_files(source, blob_root, t, &cr->hs, err);
     if (rc)
@@ -135,17 +145,19 @@ static ctarget_status create_locked(ctarget_ws *ws, const char *source, snap_tre
     ctarget_status rc = snap_db_apply_cache(ws->st, source, blob_root, t, cs, err);
     int64_t t1 = time_mono_ns();
     if (!rc)
-        rc = hash_and_store(source, blob_root, t, start_ns, &cr, err);
+        rc = hash_and_store(source, blob_root, t, cs, start_ns, &cr, err);
     int64_t t2 = time_mono_ns();
     int64_t now = time_now_ms();
     char *parent = NULL;
     if (!rc) {
-        snap_record r = {cr.id, source, now, t->files, t->bytes, cr.hs.new_bytes, git_text};
+        snap_record r = {cr.id, source, now, t->files, t->bytes, cr.hs.new_bytes, git_text,
+                        cr.manifest_bytes};
         rc = snap_db_record(ws->st, &r, t, cs, blob_root, wall_ns(), &parent, err);
     }
     log_msg(CTARGET_LOG_DEBUG, "snapshot phases: stat cache %.1f ms (%zu cached blobs "
-            "checked), hashing and manifest %.1f ms, recording %.1f ms", (t1 - t0) / 1e6,
-            cs->verified, (t2 - t1) / 1e6, (time_mono_ns() - t2) / 1e6);
+            "checked%s), hashing and manifest %.1f ms, recording %.1f ms", (t1 - t0) / 1e6,
+            cs->verified, cs->same_id[0] ? "; same manifest as recorded with it" : "",
+            (t2 - t1) / 1e6, (time_mono_ns() - t2) / 1e6);
     free(cs);
     blob_unlock(lock);
     if (!rc) {

@@ -140,13 +140,21 @@ typedef struct snap_stamp {
     uint64_t ino;
 } snap_stamp;
 
+#define SNAP_CACHE_HEADER (160 + SNAP_FANOUT * 24 + 8)
+
 /* What applying the cache saw, for recording it afterwards. */
 typedef struct snap_cache_state {
     char boot[40];                      /* this boot's id ("" when unknown) */
     snap_stamp seen[SNAP_FANOUT];       /* the blob store's fan-out directories then */
     size_t stored;                      /* entries stored (SIZE_MAX: no usable record) */
-    unsigned char stored_header[8 + 40 + SNAP_FANOUT * sizeof(snap_stamp) + 8];
+    unsigned char stored_header[SNAP_CACHE_HEADER];
     size_t verified;                    /* cached blobs whose existence was checked */
+    unsigned char shape[32];            /* sha256 of the tree's directories and symlinks */
+    /* Set when every file matched the cache, no other file was cached and the directories
+     * and symlinks are those recorded with it: the manifest is then the one of snapshot
+     * same_id (same_manifest_bytes long), and need not be built again. */
+    char same_id[65];
+    uint64_t same_manifest_bytes;
 } snap_cache_state;
 
 /* Fill sha of entries whose stat matches the cache (and whose blob exists). */
@@ -157,6 +165,7 @@ typedef struct snap_record {
     int64_t created_at;
     uint64_t files, bytes, new_bytes;
     const char *git_json;      /* or NULL */
+    uint64_t manifest_bytes;
 } snap_record;
 /* Record the snapshot (kept as first recorded when the id exists), the source's latest
  * snapshot and its stat cache (cs from snap_db_apply_cache; now_ns: wall clock), in one

@@ -326,6 +326,65 @@ static void t_stat_cache_checks_blobs_only_where_the_store_changed(void)
     free(ws), free(src);
 }
 
+/* With every file vouched for by the stat cache, the manifest recorded with the cache is
+ * reused; anything else the manifest says (directories, their modes, symlinks, files
+ * added or removed) must still give another id, and going back the first one. */
+static void t_unchanged_tree_reuses_manifest_only_when_identical(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    put(src, "a/one.txt", "one", 0644);
+    put(src, "b/two.txt", "two", 0644);
+    char *a = tl_path(src, "a"), *link = tl_path(src, "a/link"), *empty = tl_path(src, "c");
+    CU_ASSERT_EQUAL(symlink("one.txt", link), 0);
+    age_tree(src, 1600000000);
+    json_t *j0 = create_ok(ws, src), *j1 = create_ok(ws, src);
+    const char *id = jstr(j0, "id");
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), id);
+    CU_ASSERT_EQUAL(jint(j1, "hashed_files"), 0);
+    CU_ASSERT_EQUAL(jint(j1, "manifest_bytes"), jint(j0, "manifest_bytes"));
+    /* each change alone, then undone */
+    json_t *j;
+    CU_ASSERT_EQUAL(chmod(a, 0700), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(chmod(a, 0755), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(unlink(link), 0);
+    CU_ASSERT_EQUAL(symlink("../b/two.txt", link), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(unlink(link), 0);
+    CU_ASSERT_EQUAL(symlink("one.txt", link), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(mkdir(empty, 0755), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(rmdir(empty), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    /* a file gone: fewer files than cached entries */
+    char *two = tl_path(src, "b/two.txt");
+    CU_ASSERT_EQUAL(rename(two, empty), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(rename(empty, two), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    free(two), free(a), free(link), free(empty);
+    json_decref(j0), json_decref(j1);
+    free(ws), free(src);
+}
+
 /* ---- limits ------------------------------------------------------------------------------- */
 
 static void t_limit_files(void)
@@ -918,6 +977,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_change_new_id_parent_new_bytes);
     TL_ADD(s, t_stat_cache_reads_nothing_unchanged);
     TL_ADD(s, t_stat_cache_checks_blobs_only_where_the_store_changed);
+    TL_ADD(s, t_unchanged_tree_reuses_manifest_only_when_identical);
     TL_ADD(s, t_limit_files);
     TL_ADD(s, t_limit_bytes);
     TL_ADD(s, t_symlinks_and_fifo);
