@@ -602,6 +602,13 @@ static void t_git_info(void)
     json_t *j2 = create_ok(ws, src);
     CU_ASSERT(json_is_true(json_object_get(json_object_get(j2, "git"), "dirty")));
     json_decref(j2);
+    /* a source directory below the checkout's root is in the checkout too */
+    put(src, "sub/deeper/x.py", "x", 0644);
+    char *sub = tl_path(src, "sub/deeper");
+    json_t *js = create_ok(ws, sub);
+    CU_ASSERT_STRING_EQUAL(jstr(json_object_get(js, "git"), "commit"), head);
+    json_decref(js);
+    free(sub);
     /* no git on PATH: no git info and no error */
     const char *const nogit[] = {"PATH=/nonexistent-ctarget-test", NULL};
     r = SNAP_ENV(ws, nogit, "create", src, "--output", "json");
