@@ -416,6 +416,10 @@ static ctarget_status write_entry(struct archive *a, struct archive_entry *e, in
             if (!rc && fchmod(fd, mode) != 0)
                 rc = io_fail(err, rel, "set the mode of");
             close(fd);
+            /* a file cut short by damage (only possible from standard input: a file is
+             * read whole before anything is written) is not left behind half-written */
+            if (rc)
+                unlinkat(pfd, base, 0);
         }
     }
     close(pfd);
