@@ -21,7 +21,7 @@ void snap_tree_free(snap_tree *t)
     memset(t, 0, sizeof *t);
 }
 
-snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type)
+snap_entry *snap_tree_add_owned(snap_tree *t, char *path, snap_type type)
 {
     if (t->n == t->cap) {
         t->cap = t->cap ? t->cap * 2 : 64;
@@ -29,9 +29,14 @@ snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type)
     }
     snap_entry *e = &t->v[t->n++];
     memset(e, 0, sizeof *e);
-    e->path = xstrdup(path);
+    e->path = path;
     e->type = type;
     return e;
+}
+
+snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type)
+{
+    return snap_tree_add_owned(t, xstrdup(path), type);
 }
 
 static int cmp_entry(const void *a, const void *b)

@@ -390,40 +390,56 @@ static int64_t ts_ns(struct timespec ts)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static ctarget_status add_link(walk *w, int dirfd, const char *name, const char *reldir,
-                               const char *rel, ctarget_error *err)
+/* What one name in a directory turned out to be. */
+typedef enum item_kind {
+    IT_NONE,          /* left out (ignored, vanished, not snapshotted) */
+    IT_DIR,
+    IT_FILE,          /* stat'ed here */
+    IT_DEFERRED,      /* a regular file by its d_type, stat'ed by a job */
+    IT_LINK
+} item_kind;
+
+typedef struct item {
+    item_kind kind;
+    char *rel;        /* owned until it moves into the tree */
+    const char *path; /* the same string once in the tree (borrowed from there) */
+    struct stat st;   /* IT_DIR, IT_FILE */
+    char *target;     /* IT_LINK, owned until it moves into the tree */
+} item;
+
+/* A symlink's target into it->target, or IT_NONE with a warning when it cannot be kept. */
+static ctarget_status read_link(walk *w, int dirfd, const char *name, const char *reldir,
+                                item *it, ctarget_error *err)
 {
     char buf[4096];
     ssize_t n = readlinkat(dirfd, name, buf, sizeof buf - 1);
     if (n < 0) {
-        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read symlink %s/%s", w->root, rel);
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read symlink %s/%s", w->root, it->rel);
         return CTARGET_E_IO;
     }
     buf[n] = '\0';
     if (!n || !utf8_valid(buf)) {
-        log_msg(CTARGET_LOG_WARN, "skipping symlink %s: its target is empty or not UTF-8", rel);
+        log_msg(CTARGET_LOG_WARN, "skipping symlink %s: its target is empty or not UTF-8",
+                it->rel);
         return CTARGET_OK;
     }
     if (link_escapes(reldir, buf))
         log_msg(CTARGET_LOG_WARN,
                 "symlink %s points outside the source directory (%s): kept as a link, which "
-                "will not resolve to the same file on a target", rel, buf);
-    snap_tree_add(w->t, rel, SNAP_LINK)->target = xstrdup(buf);
-    w->t->files++;
+                "will not resolve to the same file on a target", it->rel, buf);
+    it->kind = IT_LINK;
+    it->target = xstrdup(buf);
     return CTARGET_OK;
 }
 
-static void add_file(walk *w, const char *rel, const struct stat *st)
+static void set_file_stat(snap_entry *e, const struct stat *st)
 {
-    snap_entry *e = snap_tree_add(w->t, rel, SNAP_FILE);
     e->mode = st->st_mode & 0777;
     e->size = (uint64_t)st->st_size;
     e->mtime_ns = ts_ns(st->st_mtim);
     e->ctime_ns = ts_ns(st->st_ctim);
     e->ino = (uint64_t)st->st_ino;
     e->dev = (uint64_t)st->st_dev;
-    w->t->files++;
-    w->t->bytes += e->size;
 }
 
 /* A finished job into the tree (walking thread only). */
@@ -518,41 +534,87 @@ static ctarget_status jobs_submit(walk *w, stat_job *j, ctarget_error *err)
     return job_apply(w, j, err);
 }
 
-/* Classify one directory entry (stat relative to its directory: no path walk per file);
- * *descend set for kept subdirectories. */
-static ctarget_status add_entry(walk *w, int dirfd, const char *name, const char *reldir,
-                                const char *rel, int *descend, ctarget_error *err)
+static ctarget_status not_utf8(walk *w, const char *rel, ctarget_error *err)
 {
-    struct stat st;
-    ctarget_status rc = CTARGET_OK;
-    *descend = 0;
-    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (errno != ENOENT) { /* vanished since readdir: nothing to snapshot */
-            ct_err_errno(err, CTARGET_E_IO, errno, "cannot stat %s/%s", w->root, rel);
-            rc = CTARGET_E_IO;
-        }
-    } else if (ignore_is_excluded(w->ig, rel, S_ISDIR(st.st_mode))) {
-        /* left out, and never descended into */
-    } else if (!utf8_valid(rel)) {
-        ct_err(err, CTARGET_E_FAILED, "%s/%s: the name is not valid UTF-8; rename it or add "
-               "it to %s", w->root, rel, ignore_file_name(w->ig));
-        rc = CTARGET_E_FAILED;
-    } else if (S_ISDIR(st.st_mode) && w->has_skip && st.st_dev == w->skip_dev &&
-               st.st_ino == w->skip_ino) {
-        /* snapshotting the blob store into itself would grow it without end */
-        log_msg(CTARGET_LOG_INFO, "leaving out %s: it is the workspace", rel);
-    } else if (S_ISDIR(st.st_mode)) {
-        snap_tree_add(w->t, rel, SNAP_DIR)->mode = st.st_mode & 0777;
-        *descend = 1;
-    } else if (S_ISREG(st.st_mode)) {
-        add_file(w, rel, &st);
-    } else if (S_ISLNK(st.st_mode)) {
-        rc = add_link(w, dirfd, name, reldir, rel, err);
-    } else {
-        log_msg(CTARGET_LOG_WARN, "skipping %s: a %s is not snapshotted", rel,
-                S_ISFIFO(st.st_mode) ? "FIFO" : S_ISSOCK(st.st_mode) ? "socket" : "device");
+    ct_err(err, CTARGET_E_FAILED, "%s/%s: the name is not valid UTF-8; rename it or add it to "
+           "%s", w->root, rel, ignore_file_name(w->ig));
+    return CTARGET_E_FAILED;
+}
+
+/* Submit the regular files of the directory at dirfd (job freed on failure). */
+static ctarget_status job_submit_dir(walk *w, int dirfd, const char *reldir, stat_job *job,
+                                     ctarget_error *err)
+{
+    if ((job->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s/%s", w->root, reldir);
+        job_free(job);
+        return CTARGET_E_IO;
     }
-    return rc;
+    return jobs_submit(w, job, err);
+}
+
+/* Classify one directory entry (stat relative to its directory: no path walk per file).  A
+ * name whose d_type says "regular file" needs no stat to be kept or left out: the ignore
+ * rules only ask whether it is a directory; its stat is deferred to a job.  The names of
+ * the directories above were checked when they were kept, so only `name` needs checking. */
+static ctarget_status classify(walk *w, int dirfd, const char *name, unsigned char d_type,
+                               const char *reldir, item *it, ctarget_error *err)
+{
+    it->kind = IT_NONE;
+    if (d_type == DT_REG) {
+        if (ignore_is_excluded(w->ig, it->rel, 0))
+            return CTARGET_OK;
+        if (!utf8_valid(name))
+            return not_utf8(w, it->rel, err);
+        it->kind = IT_DEFERRED;
+        return CTARGET_OK;
+    }
+    struct stat *st = &it->st;
+    if (fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) /* vanished since readdir: nothing to snapshot */
+            return CTARGET_OK;
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot stat %s/%s", w->root, it->rel);
+        return CTARGET_E_IO;
+    }
+    if (ignore_is_excluded(w->ig, it->rel, S_ISDIR(st->st_mode)))
+        return CTARGET_OK; /* left out, and never descended into */
+    if (!utf8_valid(name))
+        return not_utf8(w, it->rel, err);
+    if (S_ISDIR(st->st_mode) && w->has_skip && st->st_dev == w->skip_dev &&
+        st->st_ino == w->skip_ino) {
+        /* snapshotting the blob store into itself would grow it without end */
+        log_msg(CTARGET_LOG_INFO, "leaving out %s: it is the workspace", it->rel);
+    } else if (S_ISDIR(st->st_mode)) {
+        it->kind = IT_DIR;
+    } else if (S_ISREG(st->st_mode)) {
+        it->kind = IT_FILE;
+    } else if (S_ISLNK(st->st_mode)) {
+        return read_link(w, dirfd, name, reldir, it, err);
+    } else {
+        log_msg(CTARGET_LOG_WARN, "skipping %s: a %s is not snapshotted", it->rel,
+                S_ISFIFO(st->st_mode) ? "FIFO" : S_ISSOCK(st->st_mode) ? "socket" : "device");
+    }
+    return CTARGET_OK;
+}
+
+/* The order entries are added in: a directory's names, with each kept subdirectory's
+ * contents ("name/...") where "name/" sorts among them.  That is byte order of the whole
+ * paths, so the tree comes out sorted without sorting it. */
+typedef struct key {
+    const char *name;
+    size_t idx;
+    int block;        /* 1: the contents of subdirectory name, i.e. "name/" */
+} key;
+
+static int cmp_key(const void *a, const void *b)
+{
+    const key *x = a, *y = b;
+    const unsigned char *p = (const unsigned char *)x->name, *q = (const unsigned char *)y->name;
+    while (*p && *p == *q)
+        p++, q++;
+    /* a name never contains '/': where one ends, a block goes on with '/', an entry ends */
+    int cp = *p ? *p : x->block ? '/' : -1, cq = *q ? *q : y->block ? '/' : -1;
+    return cp < cq ? -1 : cp > cq;
 }
 
 typedef struct dent {
@@ -600,13 +662,6 @@ static int over_cap(const walk *w)
     const snap_tree *t = w->t;
     return (t->files > w->lim->max_files || t->bytes > w->lim->max_bytes) &&
            t->n >= WALK_OVER_LIMIT_CAP;
-}
-
-static void free_names(char **names, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
 }
 
 static void free_dents(dent *names, size_t n)
@@ -667,65 +722,86 @@ static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth
         free_dents(names, n);
         return rc;
     }
-    /* classify every entry while this directory's rules are on top, then descend */
-    unsigned char *sub = xcalloc(n + 1, 1);
-    size_t before = w->t->n;
-    char **rels = xcalloc(n + 1, sizeof *rels);
-    stat_job *job = NULL;
+    /* classify every entry while this directory's rules are on top */
+    item *items = xcalloc(n + 1, sizeof *items);
+    key *keys = xcalloc(2 * n + 1, sizeof *keys);
+    size_t nk = 0, before = w->t->n;
     for (size_t i = 0; i < n && !rc; i++) {
-        rels[i] = rel_join(reldir, names[i].name);
-        if (names[i].type != DT_REG) {
-            int d;
-            rc = add_entry(w, dirfd, names[i].name, reldir, rels[i], &d, err);
-            sub[i] = (unsigned char)d;
-            continue;
-        }
-        /* a regular file by its d_type: kept or not without a stat, stat'ed later */
-        if (ignore_is_excluded(w->ig, rels[i], 0))
-            continue;
-        if (!utf8_valid(rels[i])) {
-            ct_err(err, CTARGET_E_FAILED, "%s/%s: the name is not valid UTF-8; rename it or "
-                   "add it to %s", w->root, rels[i], ignore_file_name(w->ig));
-            rc = CTARGET_E_FAILED;
-            break;
-        }
-        if (!job) {
-            job = xcalloc(1, sizeof *job);
-            job->dirfd = -1;
-            job->names = xcalloc(n, sizeof *job->names);
-            job->idx = xcalloc(n, sizeof *job->idx);
-        }
-        snap_tree_add(w->t, rels[i], SNAP_FILE);
-        w->t->files++;
-        job->idx[job->n] = w->t->n - 1;
-        job->names[job->n++] = names[i].name;
-        names[i].name = NULL;
+        items[i].rel = rel_join(reldir, names[i].name);
+        rc = classify(w, dirfd, names[i].name, names[i].type, reldir, &items[i], err);
+        if (items[i].kind != IT_NONE)
+            keys[nk++] = (key){names[i].name, i, 0};
+        if (items[i].kind == IT_DIR)
+            keys[nk++] = (key){names[i].name, i, 1};
     }
-    if (job && !rc && (job->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
-        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s/%s", w->root, reldir);
-        rc = CTARGET_E_IO;
+    if (!rc)
+        qsort(keys, nk, sizeof *keys, cmp_key);
+    /* add them in path order, descending where a subdirectory's contents belong; the
+     * regular files added so far go to the stat helpers before each descent */
+    stat_job *job = NULL;
+    for (size_t k = 0; k < nk && !rc; k++) {
+        item *it = &items[keys[k].idx];
+        if (keys[k].block) {
+            /* the directory's own entry came first ("name" < "name/"): it->path is set */
+            if (job)
+                rc = job_submit_dir(w, dirfd, reldir, job, err);
+            job = NULL;
+            if (!rc)
+                rc = jobs_collect(w, 0, err);
+            if (rc)
+                break;
+            if (over_cap(w)) {
+                w->truncated = 1;
+                break;
+            }
+            rc = descend(w, dirfd, names[keys[k].idx].name, it->path, depth + 1, err);
+            continue;
+        }
+        snap_type type = it->kind == IT_DIR ? SNAP_DIR : it->kind == IT_LINK ? SNAP_LINK
+                                                                             : SNAP_FILE;
+        char *rel = it->rel;
+        snap_entry *e = snap_tree_add_owned(w->t, rel, type);
+        if (it->kind == IT_DIR) {
+            e->mode = it->st.st_mode & 0777;
+        } else if (it->kind == IT_LINK) {
+            e->target = it->target;
+            it->target = NULL;
+            w->t->files++;
+        } else if (it->kind == IT_FILE) {
+            set_file_stat(e, &it->st);
+            w->t->files++;
+            w->t->bytes += e->size;
+        } else {
+            if (!job) {
+                job = xcalloc(1, sizeof *job);
+                job->dirfd = -1;
+                job->names = xcalloc(n, sizeof *job->names);
+                job->idx = xcalloc(n, sizeof *job->idx);
+            }
+            w->t->files++;
+            job->idx[job->n] = w->t->n - 1;
+            job->names[job->n++] = names[keys[k].idx].name;
+            names[keys[k].idx].name = NULL;
+        }
+        it->rel = NULL; /* rel and target now belong to the tree */
+        it->path = rel;
     }
     if (job && !rc)
-        rc = jobs_submit(w, job, err);
+        rc = job_submit_dir(w, dirfd, reldir, job, err);
     else if (job)
         job_free(job);
     if (!rc)
         rc = jobs_collect(w, 0, err);
     if (w->t->n / 1024 != before / 1024 && time_mono_ns() - w->start_ns > PROGRESS_AFTER_NS)
         progress_report("snapshot: scanning", w->t->n, 0);
-    for (size_t i = 0; i < n && !rc; i++) {
-        if (!sub[i])
-            continue;
-        if (over_cap(w)) {
-            w->truncated = 1;
-            break;
-        }
-        rc = descend(w, dirfd, names[i].name, rels[i], depth + 1, err);
-    }
     ignore_leave(w->ig);
-    free_names(rels, n);
+    for (size_t i = 0; i < n; i++) {
+        free(items[i].rel);
+        free(items[i].target);
+    }
+    free(items);
+    free(keys);
     free_dents(names, n);
-    free(sub);
     return rc;
 }
 
@@ -773,7 +849,12 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
     if (w.vanished)
         compact(t);
     if (!rc) {
-        snap_tree_sort(t);
+        /* added in path order already (cmp_key); sorting is only a safety net */
+        for (size_t i = 1; i < t->n; i++)
+            if (strcmp(t->v[i - 1].path, t->v[i].path) >= 0) {
+                snap_tree_sort(t);
+                break;
+            }
         if (t->files > lim->max_files || t->bytes > lim->max_bytes) {
             limit_message(root, t, lim, ignore_file_name(w.ig), w.truncated, err);
             rc = CTARGET_E_LIMIT;

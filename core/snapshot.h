@@ -79,6 +79,8 @@ typedef struct snap_tree {
 
 void snap_tree_free(snap_tree *t);
 snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type);
+/* The same, taking ownership of path (malloc'ed). */
+snap_entry *snap_tree_add_owned(snap_tree *t, char *path, snap_type type);
 void snap_tree_sort(snap_tree *t);
 /* Entry with this path, or NULL (tree sorted). */
 const snap_entry *snap_tree_find(const snap_tree *t, const char *path);
