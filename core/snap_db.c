@@ -9,7 +9,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
 #include <unistd.h>
 
 #include "blobstore.h"
@@ -21,10 +20,11 @@
 /* One row per source directory whose data is the whole cache, read and written in one go
  * (like git's index) rather than a row per file:
  *   header  "ctstat1\n", the boot id it was written in (40 bytes, NUL-padded), the id of
- *           the snapshot recorded with it (64 hex digits, 8 NULs), the sha256 of the tree's
- *           directories and symlinks (32 bytes), that snapshot's manifest size (u64), the
- *           stamps of the 256 blob fan-out directories (mtime_ns, ctime_ns, inode; all 0:
- *           not trusted), the entry count (u64)
+ *           the snapshot recorded with it (64 hex digits, 8 NULs), the length of the shape
+ *           (u64, then 24 bytes of 0), that snapshot's manifest size (u64), the stamps of
+ *           the 256 blob fan-out directories (mtime_ns, ctime_ns, inode; all 0: not
+ *           trusted), the entry count (u64)
+ *   shape   the tree's directories and symlinks (see tree_shape), padded to a multiple of 8
  *   entries size, mtime_ns, ctime_ns, inode, dev (8 bytes each), sha256 (32 raw bytes),
  *           path length (u32), 4 bytes of padding, the path padded to a multiple of 8;
  *           sorted by path in byte order.
@@ -35,7 +35,7 @@
 #define SI_STAMP 24
 #define SI_OFF_BOOT 8
 #define SI_OFF_ID 48          /* the snapshot these entries and this shape gave (hex) */
-#define SI_OFF_SHAPE 120      /* sha256 of the tree's directories and symlinks */
+#define SI_OFF_SHAPE 120      /* length of the shape that follows the header (u64) */
 #define SI_OFF_MBYTES 152     /* that snapshot's manifest size */
 #define SI_OFF_STAMPS 160
 #define SI_HEADER (SI_OFF_STAMPS + SNAP_FANOUT * SI_STAMP + 8)
@@ -178,28 +178,28 @@ static void verify_blobs(const char *blob_root, const unsigned char check[SNAP_F
     blob_dirs_close(&bd);
 }
 
-/* sha256 of what the manifest says about directories and symlinks: with every file matched
- * by the cache, this is all that could make the manifest differ from last time. */
-static void tree_shape(const snap_tree *t, unsigned char out[32])
+/* What the manifest says about directories and symlinks (type, mode, path, target), as
+ * bytes compared as they are: with every file matched by the cache, this is all that could
+ * make the manifest differ from last time.  Kept whole rather than hashed: it is small
+ * (directories and links only) and needs no digest initialised on the warm path. */
+static void tree_shape(const snap_tree *t, strbuf *out)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md)
-        abort();
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     for (size_t i = 0; i < t->n; i++) {
         const snap_entry *e = &t->v[i];
         if (e->type == SNAP_FILE)
             continue;
-        unsigned char head[5] = {(unsigned char)e->type, (unsigned char)(e->mode >> 8),
-                                 (unsigned char)e->mode, 0, 0};
-        EVP_DigestUpdate(md, head, sizeof head);
-        EVP_DigestUpdate(md, e->path, strlen(e->path) + 1);
+        unsigned char head[3] = {(unsigned char)e->type, (unsigned char)(e->mode >> 8),
+                                 (unsigned char)e->mode};
+        sb_add(out, head, sizeof head);
+        sb_add(out, e->path, strlen(e->path) + 1);
         if (e->target)
-            EVP_DigestUpdate(md, e->target, strlen(e->target) + 1);
+            sb_add(out, e->target, strlen(e->target) + 1);
     }
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(md, out, &len);
-    EVP_MD_CTX_free(md);
+}
+
+static size_t pad8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
 }
 
 /* Merge the stored entries (sorted like the tree) into t; returns how many were stored, or
@@ -208,9 +208,12 @@ static size_t apply_entries(const unsigned char *p, size_t len, snap_tree *t)
 {
     if (len < SI_HEADER || memcmp(p, SI_MAGIC, 8))
         return SIZE_MAX;
-    uint64_t n = get_u64(p + SI_HEADER - 8);
+    uint64_t n = get_u64(p + SI_HEADER - 8), shape = get_u64(p + SI_OFF_SHAPE);
+    if (shape > len - SI_HEADER || pad8((size_t)shape) > len - SI_HEADER)
+        return SIZE_MAX;
+    size_t first = SI_HEADER + pad8((size_t)shape);
     /* first pass: bounds only, so a damaged record applies nothing */
-    size_t off = SI_HEADER;
+    size_t off = first;
     for (uint64_t k = 0; k < n; k++) {
         uint32_t plen;
         if (len - off < SI_FIXED)
@@ -224,7 +227,7 @@ static size_t apply_entries(const unsigned char *p, size_t len, snap_tree *t)
     if (off != len)
         return SIZE_MAX;
     size_t i = 0;
-    off = SI_HEADER;
+    off = first;
     for (uint64_t k = 0; k < n; k++) {
         const unsigned char *r = p + off;
         uint32_t plen;
@@ -257,10 +260,18 @@ static size_t apply_entries(const unsigned char *p, size_t len, snap_tree *t)
  * Cached blobs are looked at only where the blob store may have lost them: in fan-out
  * directories whose stamp changed since the cache was written, and all of them after a
  * reboot (a crash may have cut a young blob short). */
+void snap_cache_state_free(snap_cache_state *cs)
+{
+    sb_free(&cs->shape);
+    sb_free(&cs->stored_shape);
+}
+
 ctarget_status snap_db_apply_cache(store *st, const char *source, const char *blob_root,
                                    snap_tree *t, snap_cache_state *cs, ctarget_error *err)
 {
     memset(cs, 0, sizeof *cs);
+    sb_init(&cs->shape);
+    sb_init(&cs->stored_shape);
     cs->stored = SIZE_MAX;
     read_boot_id(cs->boot);
     fanout_stamps(blob_root, 0, cs->seen);
@@ -276,6 +287,7 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
         size_t len = (size_t)sqlite3_column_bytes(s, 0);
         if (p && (cs->stored = apply_entries(p, len, t)) != SIZE_MAX) {
             memcpy(cs->stored_header, p, SI_HEADER);
+            sb_add(&cs->stored_shape, p + SI_HEADER, (size_t)get_u64(p + SI_OFF_SHAPE));
             int same_boot = cs->boot[0] && !memcmp(p + SI_OFF_BOOT, cs->boot, SI_BOOT);
             for (int i = 0; i < SNAP_FANOUT && same_boot; i++) {
                 snap_stamp was;
@@ -295,7 +307,7 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
         verify_blobs(blob_root, check, n_check, t);
     /* Every file matched by the stored entries and no others stored, and the same directories
      * and symlinks: the manifest is the one recorded with this cache, byte for byte. */
-    tree_shape(t, cs->shape);
+    tree_shape(t, &cs->shape);
     size_t files = 0, matched = 0;
     for (size_t i = 0; i < t->n; i++)
         if (t->v[i].type == SNAP_FILE) {
@@ -304,7 +316,9 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
         }
     const unsigned char *h = cs->stored_header;
     if (!rc && cs->stored != SIZE_MAX && files == cs->stored && matched == files &&
-        !memcmp(h + SI_OFF_SHAPE, cs->shape, 32) && blob_valid_id(h + SI_OFF_ID)) {
+        cs->shape.len == cs->stored_shape.len &&
+        !memcmp(cs->shape.data, cs->stored_shape.data, cs->shape.len) &&
+        blob_valid_id(h + SI_OFF_ID)) {
         memcpy(cs->same_id, h + SI_OFF_ID, 64);
         cs->same_id[64] = '\0';
         cs->same_manifest_bytes = get_u64(h + SI_OFF_MBYTES);
@@ -330,7 +344,7 @@ static void build_header(const snap_cache_state *cs, const char *blob_root, cons
     memcpy(head, SI_MAGIC, 8);
     memcpy(head + SI_OFF_BOOT, cs->boot, SI_BOOT);
     memcpy(head + SI_OFF_ID, id, 64);
-    memcpy(head + SI_OFF_SHAPE, cs->shape, 32);
+    put_u64(head + SI_OFF_SHAPE, cs->shape.len);
     put_u64(head + SI_OFF_MBYTES, manifest_bytes);
     for (int i = 0; i < SNAP_FANOUT; i++) {
         snap_stamp keep = {0, 0, 0};
@@ -351,7 +365,9 @@ static int cache_dirty(const snap_cache_state *cs, const snap_tree *t,
                        const unsigned char head[SI_HEADER])
 {
     if (cs->stored == SIZE_MAX || get_u64(head + SI_HEADER - 8) != cs->stored ||
-        memcmp(head, cs->stored_header, SI_HEADER) != 0)
+        memcmp(head, cs->stored_header, SI_HEADER) != 0 ||
+        cs->shape.len != cs->stored_shape.len ||
+        (cs->shape.len && memcmp(cs->shape.data, cs->stored_shape.data, cs->shape.len)))
         return 1;
     for (size_t i = 0; i < t->n; i++)
         if (t->v[i].type == SNAP_FILE && t->v[i].hashed)
@@ -463,7 +479,10 @@ ctarget_status snap_db_record(store *st, const snap_record *r, const snap_tree *
     strbuf rec;
     sb_init(&rec);
     if (dirty) {
+        static const char zeros[8];
         sb_add(&rec, head, SI_HEADER);
+        sb_add(&rec, cs->shape.data ? cs->shape.data : zeros, cs->shape.len);
+        sb_add(&rec, zeros, pad8(cs->shape.len) - cs->shape.len);
         build_entries(t, &rec);
     }
     ctarget_status rc = store_begin(st, err);

@@ -158,6 +158,7 @@ static ctarget_status create_locked(ctarget_ws *ws, const char *source, snap_tre
             "checked%s), hashing and manifest %.1f ms, recording %.1f ms", (t1 - t0) / 1e6,
             cs->verified, cs->same_id[0] ? "; same manifest as recorded with it" : "",
             (t2 - t1) / 1e6, (time_mono_ns() - t2) / 1e6);
+    snap_cache_state_free(cs);
     free(cs);
     blob_unlock(lock);
     if (!rc) {

@@ -151,7 +151,7 @@ typedef struct snap_cache_state {
     size_t stored;                      /* entries stored (SIZE_MAX: no usable record) */
     unsigned char stored_header[SNAP_CACHE_HEADER];
     size_t verified;                    /* cached blobs whose existence was checked */
-    unsigned char shape[32];            /* sha256 of the tree's directories and symlinks */
+    strbuf shape, stored_shape;         /* the tree's directories and symlinks, now and then */
     /* Set when every file matched the cache, no other file was cached and the directories
      * and symlinks are those recorded with it: the manifest is then the one of snapshot
      * same_id (same_manifest_bytes long), and need not be built again. */
@@ -159,7 +159,9 @@ typedef struct snap_cache_state {
     uint64_t same_manifest_bytes;
 } snap_cache_state;
 
-/* Fill sha of entries whose stat matches the cache (and whose blob exists). */
+/* Fill sha of entries whose stat matches the cache (and whose blob exists); cs is
+ * initialised here and released with snap_cache_state_free. */
+void snap_cache_state_free(snap_cache_state *cs);
 ctarget_status snap_db_apply_cache(store *st, const char *source, const char *blob_root,
                                    snap_tree *t, snap_cache_state *cs, ctarget_error *err);
 typedef struct snap_record {
