@@ -235,7 +235,9 @@ typedef struct stat_job {
     struct stat_job *next;
     int dirfd;                  /* a duplicate, owned */
     size_t n;
-    char **names;               /* owned */
+    char **names;               /* into pool */
+    char *pool;                 /* the names, one allocation */
+    size_t pool_len;
     size_t *idx;                /* their entries in the tree */
     stat_res *res;
 } stat_job;
@@ -259,8 +261,7 @@ static void job_run(stat_job *j)
 
 static void job_free(stat_job *j)
 {
-    for (size_t i = 0; i < j->n; i++)
-        free(j->names[i]);
+    free(j->pool);
     free(j->names);
     free(j->idx);
     free(j->res);
@@ -601,26 +602,32 @@ static ctarget_status classify(walk *w, int dirfd, const char *name, unsigned ch
  * contents ("name/...") where "name/" sorts among them.  That is byte order of the whole
  * paths, so the tree comes out sorted without sorting it. */
 typedef struct key {
-    const char *name;
     size_t idx;
-    int block;        /* 1: the contents of subdirectory name, i.e. "name/" */
+    int block;        /* 1: the contents of subdirectory idx, i.e. "name/" */
 } key;
 
-static int cmp_key(const void *a, const void *b)
+/* Whether "block/" sorts before name (byte order; a name never contains '/'). */
+static int block_before(const char *block, const char *name)
 {
-    const key *x = a, *y = b;
-    const unsigned char *p = (const unsigned char *)x->name, *q = (const unsigned char *)y->name;
+    const unsigned char *p = (const unsigned char *)block, *q = (const unsigned char *)name;
     while (*p && *p == *q)
         p++, q++;
-    /* a name never contains '/': where one ends, a block goes on with '/', an entry ends */
-    int cp = *p ? *p : x->block ? '/' : -1, cq = *q ? *q : y->block ? '/' : -1;
-    return cp < cq ? -1 : cp > cq;
+    /* where block ends it goes on with '/'; a name never contains '/', so no tie */
+    int cp = *p ? *p : '/';
+    return cp < *q;
 }
 
 typedef struct dent {
-    char *name;
+    char *name;                /* into the directory's name pool */
     unsigned char type;        /* d_type: DT_UNKNOWN when the file system does not say */
 } dent;
+
+typedef struct dir_list {
+    dent *v;
+    size_t n;
+    char *pool;                /* every name, NUL-terminated, one allocation */
+    size_t pool_len;
+} dir_list;
 
 static int cmp_dent(const void *a, const void *b)
 {
@@ -628,13 +635,12 @@ static int cmp_dent(const void *a, const void *b)
 }
 
 /* Names in a directory, sorted so that walks (and warnings) are deterministic. */
-static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, dent **names,
-                               size_t *n, ctarget_error *err)
+static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, dir_list *l,
+                               ctarget_error *err)
 {
     int fd = dup(dirfd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    *names = NULL;
-    *n = 0;
+    memset(l, 0, sizeof *l);
     if (!d) {
         ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s%s%s", w->root,
                      *reldir ? "/" : "", reldir);
@@ -642,18 +648,34 @@ static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, dent **na
             close(fd);
         return CTARGET_E_IO;
     }
-    size_t cap = 0;
+    size_t cap = 0, pool_cap = 0;
+    size_t *off = NULL;
     struct dirent *de;
     while ((de = readdir(d))) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
             continue;
-        if (*n == cap)
-            *names = xrealloc(*names, (cap = cap ? cap * 2 : 16) * sizeof **names);
-        (*names)[(*n)++] = (dent){xstrdup(de->d_name), de->d_type};
+        if (l->n == cap) {
+            cap = cap ? cap * 2 : 16;
+            l->v = xrealloc(l->v, cap * sizeof *l->v);
+            off = xrealloc(off, cap * sizeof *off);
+        }
+        size_t len = strlen(de->d_name) + 1;
+        if (l->pool_len + len > pool_cap) {
+            while (l->pool_len + len > pool_cap)
+                pool_cap = pool_cap ? pool_cap * 2 : 1024;
+            l->pool = xrealloc(l->pool, pool_cap);
+        }
+        memcpy(l->pool + l->pool_len, de->d_name, len);
+        off[l->n] = l->pool_len;
+        l->pool_len += len;
+        l->v[l->n++].type = de->d_type;
     }
     closedir(d);
-    if (*n)
-        qsort(*names, *n, sizeof **names, cmp_dent);
+    for (size_t i = 0; i < l->n; i++)
+        l->v[i].name = l->pool + off[i];
+    free(off);
+    if (l->n)
+        qsort(l->v, l->n, sizeof *l->v, cmp_dent);
     return CTARGET_OK;
 }
 
@@ -664,11 +686,10 @@ static int over_cap(const walk *w)
            t->n >= WALK_OVER_LIMIT_CAP;
 }
 
-static void free_dents(dent *names, size_t n)
+static void free_dir_list(dir_list *l)
 {
-    for (size_t i = 0; i < n; i++)
-        free(names[i].name);
-    free(names);
+    free(l->v);
+    free(l->pool);
 }
 
 /* "reldir/name", or name at the root. */
@@ -713,29 +734,37 @@ static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth
                reldir, WALK_MAX_DEPTH);
         return CTARGET_E_LIMIT;
     }
-    dent *names;
-    size_t n;
-    ctarget_status rc = list_dir(w, dirfd, reldir, &names, &n, err);
+    dir_list l;
+    ctarget_status rc = list_dir(w, dirfd, reldir, &l, err);
     if (rc)
         return rc;
+    dent *names = l.v;
+    size_t n = l.n;
     if ((rc = ignore_enter(w->ig, reldir, err))) {
-        free_dents(names, n);
+        free_dir_list(&l);
         return rc;
     }
     /* classify every entry while this directory's rules are on top */
     item *items = xcalloc(n + 1, sizeof *items);
     key *keys = xcalloc(2 * n + 1, sizeof *keys);
-    size_t nk = 0, before = w->t->n;
+    size_t *pending = xcalloc(n + 1, sizeof *pending);
+    size_t nk = 0, np = 0, before = w->t->n;
     for (size_t i = 0; i < n && !rc; i++) {
         items[i].rel = rel_join(reldir, names[i].name);
         rc = classify(w, dirfd, names[i].name, names[i].type, reldir, &items[i], err);
-        if (items[i].kind != IT_NONE)
-            keys[nk++] = (key){names[i].name, i, 0};
+        if (items[i].kind == IT_NONE)
+            continue;
+        /* names come sorted: a subdirectory's block goes before the first later name it
+         * sorts before; the pending ones nest, the latest being the smallest */
+        while (np && block_before(names[pending[np - 1]].name, names[i].name))
+            keys[nk++] = (key){pending[--np], 1};
+        keys[nk++] = (key){i, 0};
         if (items[i].kind == IT_DIR)
-            keys[nk++] = (key){names[i].name, i, 1};
+            pending[np++] = i;
     }
-    if (!rc)
-        qsort(keys, nk, sizeof *keys, cmp_key);
+    while (np)
+        keys[nk++] = (key){pending[--np], 1};
+    free(pending);
     /* add them in path order, descending where a subdirectory's contents belong; the
      * regular files added so far go to the stat helpers before each descent */
     stat_job *job = NULL;
@@ -777,11 +806,15 @@ static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth
                 job->dirfd = -1;
                 job->names = xcalloc(n, sizeof *job->names);
                 job->idx = xcalloc(n, sizeof *job->idx);
+                job->pool = xmalloc(l.pool_len);
             }
             w->t->files++;
+            const char *name = names[keys[k].idx].name;
+            size_t len = strlen(name) + 1;
+            memcpy(job->pool + job->pool_len, name, len);
             job->idx[job->n] = w->t->n - 1;
-            job->names[job->n++] = names[keys[k].idx].name;
-            names[keys[k].idx].name = NULL;
+            job->names[job->n++] = job->pool + job->pool_len;
+            job->pool_len += len;
         }
         it->rel = NULL; /* rel and target now belong to the tree */
         it->path = rel;
@@ -801,7 +834,7 @@ static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth
     }
     free(items);
     free(keys);
-    free_dents(names, n);
+    free_dir_list(&l);
     return rc;
 }
 
@@ -852,6 +885,8 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
         /* added in path order already (cmp_key); sorting is only a safety net */
         for (size_t i = 1; i < t->n; i++)
             if (strcmp(t->v[i - 1].path, t->v[i].path) >= 0) {
+                log_msg(CTARGET_LOG_DEBUG, "snapshot walk: %s came after %s; sorting",
+                        t->v[i].path, t->v[i - 1].path);
                 snap_tree_sort(t);
                 break;
             }

@@ -385,6 +385,37 @@ static void t_unchanged_tree_reuses_manifest_only_when_identical(void)
     free(ws), free(src);
 }
 
+/* The walk adds entries in byte order of their paths without sorting: names that sort
+ * before '/' ("a b", "a-b", "a.d", "a.txt") go between directory a's own entry and its
+ * contents, nested directories included. */
+static void t_walk_order_is_path_order(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    const char *files[] = {"a/x", "a/y/z", "a b", "a-b/c", "a.d/e", "a.d/e.f/g", "a.txt",
+                           "a0", "a/y.z", "a/y-z/w", "b", "A", "~", "a.d.x/q"};
+    for (size_t i = 0; i < CT_ARRAY_LEN(files); i++)
+        put(src, files[i], files[i], 0644);
+    tl_result r = SNAP(ws, "create", src, "--output", "json", "-v", "-v");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(!tl_contains(r.err, "sorting"));
+    json_t *j = tl_json(&r);
+    json_t *s = show(ws, jstr(j, "id"));
+    json_t *all = json_object_get(s, "files");
+    size_t i;
+    json_t *f;
+    const char *prev = NULL;
+    json_array_foreach(all, i, f) {
+        const char *p = jstr(f, "path");
+        if (prev)
+            CU_ASSERT(strcmp(prev, p) < 0);
+        prev = p;
+    }
+    CU_ASSERT_EQUAL(json_array_size(all), CT_ARRAY_LEN(files) + 7); /* + 7 directories */
+    json_decref(s), json_decref(j);
+    tl_result_free(&r);
+    free(ws), free(src);
+}
+
 /* ---- limits ------------------------------------------------------------------------------- */
 
 static void t_limit_files(void)
@@ -985,6 +1016,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_stat_cache_reads_nothing_unchanged);
     TL_ADD(s, t_stat_cache_checks_blobs_only_where_the_store_changed);
     TL_ADD(s, t_unchanged_tree_reuses_manifest_only_when_identical);
+    TL_ADD(s, t_walk_order_is_path_order);
     TL_ADD(s, t_limit_files);
     TL_ADD(s, t_limit_bytes);
     TL_ADD(s, t_symlinks_and_fifo);
