@@ -19,6 +19,7 @@
 #include "tarstream.h"
 #include "archive_int.h"
 #include "blobstore.h"
+#include "crypto_lib.h"
 #include "util.h"
 
 #define CHUNK (256 * 1024)
@@ -485,6 +486,8 @@ ctarget_status arch_extract_safe(const char *archive_path, const char *dest,
                                  const char *blob_root, ctarget_error *err)
 {
     ctarget_status lrc = arch_lib_load(err);
+    if (!lrc)
+        lrc = crypto_load(err);
     if (lrc)
         return lrc;
     if (strcmp(archive_path, "-") && access(archive_path, R_OK) != 0) {

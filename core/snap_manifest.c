@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "blobstore.h"
+#include "crypto_lib.h"
 #include "snapshot.h"
 #include "util.h"
 
@@ -259,6 +260,9 @@ ctarget_status snap_manifest_read(const char *blob_root, const char *id, char **
         ct_err(err, CTARGET_E_NOT_FOUND, "no snapshot '%.80s'", id);
         return CTARGET_E_NOT_FOUND;
     }
+    ctarget_status rc = crypto_load(err); /* the manifest is checked against its id */
+    if (rc)
+        return rc;
     char *p = blob_path(blob_root, id);
     char *data = file_read_all(p, len);
     int e = errno;

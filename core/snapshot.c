@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "blobstore.h"
+#include "crypto_lib.h"
 #include "log.h"
 #include "snapshot.h"
 #include "util.h"
@@ -84,7 +85,10 @@ static ctarget_status hash_and_store(const char *source, const char *blob_root, 
         memset(&cr->hs, 0, sizeof cr->hs);
         return CTARGET_OK;
     }
-    ctarget_status rc = snap_hash_files(source, blob_root, t, &cr->hs, err);
+    ctarget_status rc = crypto_load(err);
+    if (rc)
+        return rc;
+    rc = snap_hash_files(source, blob_root, t, &cr->hs, err);
     if (rc)
         return rc;
     for (size_t i = 0; i < t->n; i++)
