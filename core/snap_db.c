@@ -1,41 +1,50 @@
 /* Snapshots in the workspace store: rows, per-source latest snapshot, stat cache. */
 #include "config.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <unistd.h>
 
 #include "blobstore.h"
+#include "log.h"
 #include "snapshot.h"
 #include "util.h"
 
 /* ---- stat cache --------------------------------------------------------------------------- */
 
-/* One row per source directory whose data is the whole cache, read and written in one go
- * (like git's index) rather than a row per file:
+/* One file per source directory, <ws>/statcache/<fnv-1a of its path>, mapped and read in
+ * one go like git's index (10k SQLite rows, or one 1 MB SQLite blob read page by page,
+ * cost milliseconds of a warm re-snapshot):
  *   header  "ctstat1\n", the boot id it was written in (40 bytes, NUL-padded), the id of
  *           the snapshot recorded with it (64 hex digits, 8 NULs), the length of the shape
- *           (u64, then 24 bytes of 0), that snapshot's manifest size (u64), the stamps of
- *           the 256 blob fan-out directories (mtime_ns, ctime_ns, inode; all 0: not
- *           trusted), the entry count (u64)
+ *           (u64), the length of the source path (u64, then 16 bytes of 0), that
+ *           snapshot's manifest size (u64), the stamps of the 256 blob fan-out directories
+ *           (mtime_ns, ctime_ns, inode; all 0: not trusted), the entry count (u64)
+ *   source  the source directory's path, padded to a multiple of 8
  *   shape   the tree's directories and symlinks (see tree_shape), padded to a multiple of 8
  *   entries size, mtime_ns, ctime_ns, inode, dev (8 bytes each), sha256 (32 raw bytes),
  *           path length (u32), 4 bytes of padding, the path padded to a multiple of 8;
  *           sorted by path in byte order.
  * Integers are in host byte order: the cache never leaves this machine, and one that does
- * not parse is simply not used. */
+ * not parse is simply not used.  It is written to a temporary file and renamed into place,
+ * never fsync'ed: a file written in an earlier boot is not used at all (after a crash it
+ * could hold anything), one from this boot is exactly what a complete write left (a
+ * writer killed half-way never renamed its file), so it needs no checksum. */
 #define SI_MAGIC "ctstat1\n"
 #define SI_BOOT 40
 #define SI_STAMP 24
 #define SI_OFF_BOOT 8
 #define SI_OFF_ID 48          /* the snapshot these entries and this shape gave (hex) */
-#define SI_OFF_SHAPE 120      /* length of the shape that follows the header (u64) */
+#define SI_OFF_SHAPE 120      /* length of the shape (u64) */
+#define SI_OFF_SOURCE 128     /* length of the source path (u64) */
 #define SI_OFF_MBYTES 152     /* that snapshot's manifest size */
 #define SI_OFF_STAMPS 160
 #define SI_HEADER (SI_OFF_STAMPS + SNAP_FANOUT * SI_STAMP + 8)
@@ -202,16 +211,27 @@ static size_t pad8(size_t n)
     return (n + 7) & ~(size_t)7;
 }
 
+/* <ws>/statcache/<64-bit FNV-1a of the source path, hex>; the path itself is in the file,
+ * so two sources with the same hash only take turns. */
+static char *cache_file(const char *ws_dir, const char *source)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (const unsigned char *c = (const unsigned char *)source; *c; c++)
+        h = (h ^ *c) * UINT64_C(0x100000001b3);
+    return xasprintf("%s/statcache/%016llx", ws_dir, (unsigned long long)h);
+}
+
 /* Merge the stored entries (sorted like the tree) into t; returns how many were stored, or
  * SIZE_MAX when the data does not parse (then nothing is applied). */
 static size_t apply_entries(const unsigned char *p, size_t len, snap_tree *t)
 {
     if (len < SI_HEADER || memcmp(p, SI_MAGIC, 8))
         return SIZE_MAX;
-    uint64_t n = get_u64(p + SI_HEADER - 8), shape = get_u64(p + SI_OFF_SHAPE);
-    if (shape > len - SI_HEADER || pad8((size_t)shape) > len - SI_HEADER)
+    uint64_t n = get_u64(p + SI_HEADER - 8), shape = get_u64(p + SI_OFF_SHAPE),
+             src = get_u64(p + SI_OFF_SOURCE);
+    if (src > len || shape > len || pad8((size_t)src) + pad8((size_t)shape) > len - SI_HEADER)
         return SIZE_MAX;
-    size_t first = SI_HEADER + pad8((size_t)shape);
+    size_t first = SI_HEADER + pad8((size_t)src) + pad8((size_t)shape);
     /* first pass: bounds only, so a damaged record applies nothing */
     size_t off = first;
     for (uint64_t k = 0; k < n; k++) {
@@ -275,30 +295,41 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
     cs->stored = SIZE_MAX;
     read_boot_id(cs->boot);
     fanout_stamps(blob_root, 0, cs->seen);
-    sqlite3_stmt *s = store_prepare(st, "SELECT data FROM stat_index WHERE source_dir = ?", err);
-    if (!s)
-        return CTARGET_E_IO;
-    store_bind_text(s, 1, source);
-    int r = sqlite3_step(s);
     unsigned char check[SNAP_FANOUT];
     memset(check, 1, sizeof check);
-    if (r == SQLITE_ROW) {
-        const unsigned char *p = sqlite3_column_blob(s, 0);
-        size_t len = (size_t)sqlite3_column_bytes(s, 0);
-        if (p && (cs->stored = apply_entries(p, len, t)) != SIZE_MAX) {
+    char *path = cache_file(st->dir, source);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    free(path);
+    struct stat sb;
+    size_t srclen = strlen(source);
+    if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_uid == geteuid() &&
+        sb.st_size >= (off_t)(SI_HEADER + srclen)) {
+        size_t len = (size_t)sb.st_size;
+        void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+        const unsigned char *p = map;
+        /* another boot's file is not used at all (see above), nor another source's */
+        if (map != MAP_FAILED && !memcmp(p, SI_MAGIC, 8) && cs->boot[0] &&
+            !memcmp(p + SI_OFF_BOOT, cs->boot, SI_BOOT) &&
+            get_u64(p + SI_OFF_SOURCE) == srclen && !memcmp(p + SI_HEADER, source, srclen) &&
+            (cs->stored = apply_entries(p, len, t)) != SIZE_MAX) {
             memcpy(cs->stored_header, p, SI_HEADER);
-            sb_add(&cs->stored_shape, p + SI_HEADER, (size_t)get_u64(p + SI_OFF_SHAPE));
-            int same_boot = cs->boot[0] && !memcmp(p + SI_OFF_BOOT, cs->boot, SI_BOOT);
-            for (int i = 0; i < SNAP_FANOUT && same_boot; i++) {
+            sb_add(&cs->stored_shape, p + SI_HEADER + pad8(srclen),
+                   (size_t)get_u64(p + SI_OFF_SHAPE));
+            cs->all_trusted = 1;
+            for (int i = 0; i < SNAP_FANOUT; i++) {
                 snap_stamp was;
                 memcpy(&was, p + SI_OFF_STAMPS + (size_t)i * SI_STAMP, SI_STAMP);
                 check[i] = !stamp_trusted(&was) || !stamp_equal(&was, &cs->seen[i]);
+                cs->all_trusted &= !check[i];
             }
         }
+        if (map != MAP_FAILED)
+            munmap(map, len);
     }
-    ctarget_status rc = r == SQLITE_ROW || r == SQLITE_DONE
-                        ? CTARGET_OK : store_fail(st, err, "cannot read the stat cache");
-    sqlite3_finalize(s);
+    if (fd >= 0)
+        close(fd);
+    ctarget_status rc = CTARGET_OK;
+    (void)err;
     size_t n_check = 0;
     for (size_t i = 0; i < t->n; i++)
         n_check += t->v[i].sha[0] && check[fanout_of(t->v[i].sha)];
@@ -335,16 +366,22 @@ static int cache_entry(const snap_entry *e)
  * the cache was applied and now (blobs written meanwhile, by us or another snapshot, make a
  * directory's entries be looked at next time). */
 static void build_header(const snap_cache_state *cs, const char *blob_root, const snap_tree *t,
-                         const char *id, uint64_t manifest_bytes, int64_t now_ns,
-                         unsigned char head[SI_HEADER])
+                         const char *source, const char *id, uint64_t manifest_bytes,
+                         int wrote_blobs, int64_t now_ns, unsigned char head[SI_HEADER])
 {
     snap_stamp now[SNAP_FANOUT];
-    fanout_stamps(blob_root, now_ns, now);
+    if (cs->all_trusted && !wrote_blobs)
+        /* every directory was as recorded and old enough, and nothing was written: if
+         * another snapshot wrote meanwhile, the old stamps make the next one look */
+        memcpy(now, cs->seen, sizeof now);
+    else
+        fanout_stamps(blob_root, now_ns, now);
     memset(head, 0, SI_HEADER);
     memcpy(head, SI_MAGIC, 8);
     memcpy(head + SI_OFF_BOOT, cs->boot, SI_BOOT);
     memcpy(head + SI_OFF_ID, id, 64);
     put_u64(head + SI_OFF_SHAPE, cs->shape.len);
+    put_u64(head + SI_OFF_SOURCE, strlen(source));
     put_u64(head + SI_OFF_MBYTES, manifest_bytes);
     for (int i = 0; i < SNAP_FANOUT; i++) {
         snap_stamp keep = {0, 0, 0};
@@ -404,21 +441,31 @@ static void build_entries(const snap_tree *t, strbuf *sb)
     }
 }
 
-static ctarget_status write_cache(store *st, const char *source, const strbuf *rec,
-                                  ctarget_error *err)
+/* Write the record as the source's cache file: a temporary file renamed into place. */
+static void write_cache(const char *ws_dir, const char *source, const strbuf *rec)
 {
-    sqlite3_stmt *s = store_prepare(st, "INSERT OR REPLACE INTO stat_index(source_dir, data)"
-                                    " VALUES(?, ?)", err);
-    if (!s)
-        return CTARGET_E_IO;
-    store_bind_text(s, 1, source);
-    sqlite3_bind_blob64(s, 2, rec->data, (sqlite3_uint64)rec->len, SQLITE_STATIC);
-    int r = sqlite3_step(s);
-    sqlite3_finalize(s);
-    return r == SQLITE_DONE ? CTARGET_OK : store_fail(st, err, "cannot update the stat cache");
+    char *dir = path_join(ws_dir, "statcache");
+    char *path = cache_file(ws_dir, source);
+    char *tmp = xasprintf("%s/.tmp-%ld-%lld", dir, (long)getpid(),
+                          (long long)(time_mono_ns() % 1000000000));
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        log_msg(CTARGET_LOG_DEBUG, "stat cache not kept: cannot create %s: %s", dir,
+                strerror(errno));
+    } else {
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        int ok = fd >= 0 && fd_write_all(fd, rec->data, rec->len) == 0;
+        if (fd >= 0 && close(fd) != 0)
+            ok = 0;
+        if (!ok || rename(tmp, path) != 0) {
+            log_msg(CTARGET_LOG_DEBUG, "stat cache not kept: cannot write %s: %s", path,
+                    strerror(errno));
+            unlink(tmp);
+        }
+    }
+    free(tmp);
+    free(path);
+    free(dir);
 }
-
-/* ---- recording a snapshot ---------------------------------------------------------------- */
 
 static char *query_text(store *st, const char *sql, const char *arg)
 {
@@ -473,36 +520,37 @@ ctarget_status snap_db_record(store *st, const snap_record *r, const snap_tree *
 {
     *parent = NULL;
     /* built before the transaction: the write lock is held as briefly as possible */
-    unsigned char head[SI_HEADER];
-    build_header(cs, blob_root, t, r->id, r->manifest_bytes, now_ns, head);
-    int dirty = cache_dirty(cs, t, head);
-    strbuf rec;
-    sb_init(&rec);
-    if (dirty) {
-        static const char zeros[8];
-        sb_add(&rec, head, SI_HEADER);
-        sb_add(&rec, cs->shape.data ? cs->shape.data : zeros, cs->shape.len);
-        sb_add(&rec, zeros, pad8(cs->shape.len) - cs->shape.len);
-        build_entries(t, &rec);
-    }
     ctarget_status rc = store_begin(st, err);
-    if (rc) {
-        sb_free(&rec);
+    if (rc)
         return rc;
-    }
     char *last = query_text(st, "SELECT last_snapshot FROM snapshot_sources WHERE source_dir = ?",
                             r->source_dir);
     rc = insert_row(st, r, last && strcmp(last, r->id) ? last : NULL, err);
     free(last);
-    if (!rc && dirty)
-        rc = write_cache(st, r->source_dir, &rec, err);
-    sb_free(&rec);
     if (rc) {
         store_rollback(st);
         return rc;
     }
     if ((rc = store_commit(st, err)))
         return rc;
+    /* the cache is rewritten only when it would change; nothing durable rests on it */
+    unsigned char head[SI_HEADER];
+    build_header(cs, blob_root, t, r->source_dir, r->id, r->manifest_bytes,
+                 r->wrote_blobs, now_ns, head);
+    if (cache_dirty(cs, t, head)) {
+        static const char zeros[8];
+        size_t srclen = strlen(r->source_dir);
+        strbuf rec;
+        sb_init(&rec);
+        sb_add(&rec, head, SI_HEADER);
+        sb_add(&rec, r->source_dir, srclen);
+        sb_add(&rec, zeros, pad8(srclen) - srclen);
+        sb_add(&rec, cs->shape.data ? cs->shape.data : zeros, cs->shape.len);
+        sb_add(&rec, zeros, pad8(cs->shape.len) - cs->shape.len);
+        build_entries(t, &rec);
+        write_cache(st->dir, r->source_dir, &rec);
+        sb_free(&rec);
+    }
     /* the stored row wins: a tree seen before keeps its first record */
     *parent = query_text(st, "SELECT parent FROM snapshots WHERE id = ?", r->id);
     return CTARGET_OK;

@@ -61,6 +61,7 @@ static ctarget_status resolve_limits(const ctarget_snapshot_opts *o, snap_limits
 
 typedef struct create_result {
     char id[65];
+    int manifest_added;       /* the manifest blob was new */
     snap_hash_stats hs;
     size_t manifest_bytes;
     size_t dirs;
@@ -98,8 +99,7 @@ static ctarget_status hash_and_store(const char *source, const char *blob_root, 
     sb_init(&sb);
     snap_manifest_lines(t, &sb);
     blob_sha256_hex(sb.data, sb.len, cr->id);
-    int added;
-    rc = blob_put_mem(blob_root, cr->id, sb.data, sb.len, &added, err);
+    rc = blob_put_mem(blob_root, cr->id, sb.data, sb.len, &cr->manifest_added, err);
     cr->manifest_bytes = sb.len;
     sb_free(&sb);
     return rc;
@@ -155,7 +155,7 @@ static ctarget_status create_locked(ctarget_ws *ws, const char *source, snap_tre
     char *parent = NULL;
     if (!rc) {
         snap_record r = {cr.id, source, now, t->files, t->bytes, cr.hs.new_bytes, git_text,
-                        cr.manifest_bytes};
+                        cr.manifest_bytes, cr.hs.new_blobs || cr.manifest_added};
         rc = snap_db_record(ws->st, &r, t, cs, blob_root, wall_ns(), &parent, err);
     }
     log_msg(CTARGET_LOG_DEBUG, "snapshot phases: stat cache %.1f ms (%zu cached blobs "

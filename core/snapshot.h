@@ -20,25 +20,26 @@
  *
  * STAT CACHE
  *  Per source directory (its realpath), the size, mtime_ns, ctime_ns, inode and device of
- *  every file hashed, with its sha256, are kept in the store as one record read in one go
- *  (snap_db.c has the layout).  A file whose lstat matches is not read again (its blob must
+ *  every file hashed, with its sha256, are kept in one file, <ws>/statcache/<hash>, mapped
+ *  and read in one go like git's index (snap_db.c has the layout; a file from an earlier
+ *  boot is not used).  A file whose lstat matches is not read again (its blob must
  *  still exist).  As in git's index, an entry is "racily clean" when its mtime is not safely
  *  older than the snapshot's start: a later write within the same timestamp tick would leave
  *  its stat unchanged.  Such entries (mtime >= start - 1 s, which also covers
  *  coarse-timestamp file systems) are not cached, so they are hashed again next time.
  *
- *  That cached blobs still exist is not checked one by one.  The record also keeps the boot
- *  id and a stamp (mtime, ctime, inode) of each of the blob store's 256 fan-out directories:
- *  removing a blob (gc, or by hand) changes its directory's stamp, so only the cached blobs
- *  of directories whose stamp changed are looked at (size included), and all of them after
- *  a reboot, when a crash may have cut a young blob short (blobs are not fsync'ed).  Stamps
- *  younger than the racy margin, or that changed while the snapshot ran, are stored as
- *  "not trusted" and checked next time.
+ *  That cached blobs still exist is not checked one by one.  The record also keeps a stamp
+ *  (mtime, ctime, inode) of each of the blob store's 256 fan-out directories: removing a
+ *  blob (gc, or by hand) changes its directory's stamp, so only the cached blobs of
+ *  directories whose stamp changed are looked at (size included).  After a reboot, when a
+ *  crash may have cut a young blob short (blobs are not fsync'ed), the cache is not used
+ *  at all: every file is read again once.  Stamps younger than the racy margin, or that
+ *  changed while the snapshot ran, are stored as "not trusted" and checked next time.
  *
  * CONCURRENCY
  *  Blobs are written under a shared lock that `snapshot gc` takes exclusively; the snapshot
- *  row, its source's "last snapshot" pointer and the stat cache are written in one short
- *  BEGIN IMMEDIATE transaction at the end. */
+ *  row and its source's "last snapshot" pointer are written in one short BEGIN IMMEDIATE
+ *  transaction at the end, then the stat cache file is replaced (rename) when it changed. */
 #ifndef CTARGET_CORE_SNAPSHOT_H
 #define CTARGET_CORE_SNAPSHOT_H
 
@@ -151,6 +152,7 @@ typedef struct snap_cache_state {
     size_t stored;                      /* entries stored (SIZE_MAX: no usable record) */
     unsigned char stored_header[SNAP_CACHE_HEADER];
     size_t verified;                    /* cached blobs whose existence was checked */
+    int all_trusted;                    /* every fan-out stamp as recorded: none checked */
     strbuf shape, stored_shape;         /* the tree's directories and symlinks, now and then */
     /* Set when every file matched the cache, no other file was cached and the directories
      * and symlinks are those recorded with it: the manifest is then the one of snapshot
@@ -170,6 +172,7 @@ typedef struct snap_record {
     uint64_t files, bytes, new_bytes;
     const char *git_json;      /* or NULL */
     uint64_t manifest_bytes;
+    int wrote_blobs;           /* this snapshot stored blobs (its files' or its manifest) */
 } snap_record;
 /* Record the snapshot (kept as first recorded when the id exists), the source's latest
  * snapshot and its stat cache (cs from snap_db_apply_cache; now_ns: wall clock), in one

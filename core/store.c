@@ -129,12 +129,9 @@ static const char *const migrations[] = {
     "  time INTEGER NOT NULL,"
     "  PRIMARY KEY(run, seq));"
     "CREATE INDEX metrics_name ON metrics(run, name, seq);",
-    /* 3 -> 4: the stat cache becomes one record per source directory, read in one go
-     * (core/snap_db.c), instead of a row per file; the old rows are only a cache. */
-    "DROP TABLE stat_cache;"
-    "CREATE TABLE stat_index("
-    "  source_dir TEXT PRIMARY KEY,"
-    "  data BLOB NOT NULL);",
+    /* 3 -> 4: the stat cache moves out of the store into one file per source directory,
+     * read in one go (core/snap_db.c); the old rows were only a cache. */
+    "DROP TABLE stat_cache;",
 };
 
 int store_latest_schema(void)

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "testlib.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -382,6 +383,56 @@ static void t_unchanged_tree_reuses_manifest_only_when_identical(void)
     json_decref(j);
     free(two), free(a), free(link), free(empty);
     json_decref(j0), json_decref(j1);
+    free(ws), free(src);
+}
+
+/* The stat cache is a file in the workspace: one cut short or overwritten is not used (every
+ * file is read again), never trusted in part, and the snapshot is the same. */
+static void t_damaged_stat_cache_is_not_used(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    char name[32];
+    for (int i = 0; i < 10; i++) {
+        snprintf(name, sizeof name, "d%d/f%d.txt", i % 2, i);
+        put(src, name, name, 0644);
+    }
+    age_tree(src, 1600000000);
+    json_t *j1 = create_ok(ws, src), *j2 = create_ok(ws, src);
+    CU_ASSERT_EQUAL(jint(j2, "hashed_files"), 0);
+    char *dir = tl_path(ws, "statcache");
+    DIR *d = opendir(dir);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    struct dirent *de;
+    char *file = NULL;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.')
+            file = tl_path(dir, de->d_name);
+    closedir(d);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(file);
+    struct stat st;
+    CU_ASSERT_EQUAL(stat(file, &st), 0);
+    CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+    /* cut short, then every byte after the header's first 8 turned to garbage */
+    for (int round = 0; round < 2; round++) {
+        if (round == 0) {
+            CU_ASSERT_EQUAL(truncate(file, st.st_size / 2), 0);
+        } else {
+            int fd = open(file, O_RDWR);
+            CU_ASSERT_FATAL(fd >= 0);
+            char junk[4096];
+            memset(junk, 0x5a, sizeof junk);
+            for (off_t off = 8; off < st.st_size; off += (off_t)sizeof junk)
+                CU_ASSERT(pwrite(fd, junk, sizeof junk, off) > 0);
+            close(fd);
+        }
+        json_t *j = create_ok(ws, src);
+        CU_ASSERT_EQUAL(jint(j, "hashed_files"), 10);
+        CU_ASSERT_STRING_EQUAL(jstr(j, "id"), jstr(j1, "id"));
+        json_decref(j);
+        CU_ASSERT_EQUAL(stat(file, &st), 0); /* written again whole */
+    }
+    free(file), free(dir);
+    json_decref(j1), json_decref(j2);
     free(ws), free(src);
 }
 
@@ -1017,6 +1068,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_stat_cache_checks_blobs_only_where_the_store_changed);
     TL_ADD(s, t_unchanged_tree_reuses_manifest_only_when_identical);
     TL_ADD(s, t_walk_order_is_path_order);
+    TL_ADD(s, t_damaged_stat_cache_is_not_used);
     TL_ADD(s, t_limit_files);
     TL_ADD(s, t_limit_bytes);
     TL_ADD(s, t_symlinks_and_fifo);
