@@ -600,7 +600,9 @@ static int one_error_line(const char *err)
 
 /* A 20 MB file goes through extraction (plain tar and transport, from a file and from
  * standard input) intact, without the extractor ever holding it in memory: its peak RSS
- * stays well below the file's size above that of extracting a tiny archive. */
+ * grows by less than the file's size over that of extracting a tiny archive (held whole it
+ * would grow by at least that).  Measured here: +0 MB for a plain tar, +4-5 MB for zstd
+ * (its window); up to +13 MB under AddressSanitizer, whose quarantine keeps freed memory. */
 static void t_big_file_streamed(void)
 {
     scene s = scene_new();
@@ -625,10 +627,10 @@ static void t_big_file_streamed(void)
         CU_ASSERT_EQUAL(o.status, 0);
         CU_ASSERT(big_matches(big, seed));
         long grew = o.maxrss_kb - base.maxrss_kb;
-        if (grew >= (long)(BIG_SIZE / 1024 / 2))
+        if (grew >= (long)(BIG_SIZE / 1024))
             fprintf(stderr, "extract %s: peak RSS %ld KB, %ld KB above a tiny archive's\n",
                     runs[i].archive, o.maxrss_kb, grew);
-        CU_ASSERT(grew < (long)(BIG_SIZE / 1024 / 2));
+        CU_ASSERT(grew < (long)(BIG_SIZE / 1024));
         if (i < 2) {
             char *after = path_join(dest, "after.txt"), *c = tl_read_file(after);
             CU_ASSERT_STRING_EQUAL(c ? c : "", "hello\n");
