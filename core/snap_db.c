@@ -348,7 +348,7 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
     const unsigned char *h = cs->stored_header;
     if (!rc && cs->stored != SIZE_MAX && files == cs->stored && matched == files &&
         cs->shape.len == cs->stored_shape.len &&
-        !memcmp(cs->shape.data, cs->stored_shape.data, cs->shape.len) &&
+        (!cs->shape.len || !memcmp(cs->shape.data, cs->stored_shape.data, cs->shape.len)) &&
         blob_valid_id(h + SI_OFF_ID)) {
         memcpy(cs->same_id, h + SI_OFF_ID, 64);
         cs->same_id[64] = '\0';

@@ -436,6 +436,24 @@ static void t_damaged_stat_cache_is_not_used(void)
     free(ws), free(src);
 }
 
+/* A tree of files only (no directory, no symlink: nothing in its shape) is recognised as
+ * unchanged too. */
+static void t_flat_tree_reuses_manifest(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    put(src, "a.py", "a", 0644);
+    put(src, "b.py", "b", 0644);
+    age_tree(src, 1600000000);
+    json_t *j1 = create_ok(ws, src), *j2 = create_ok(ws, src), *j3 = create_ok(ws, src);
+    CU_ASSERT_EQUAL(jint(j1, "hashed_files"), 2);
+    CU_ASSERT_EQUAL(jint(j3, "hashed_files"), 0);
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j2, "id"));
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j3, "id"));
+    CU_ASSERT_EQUAL(jint(j3, "manifest_bytes"), jint(j1, "manifest_bytes"));
+    json_decref(j1), json_decref(j2), json_decref(j3);
+    free(ws), free(src);
+}
+
 /* The walk adds entries in byte order of their paths without sorting: names that sort
  * before '/' ("a b", "a-b", "a.d", "a.txt") go between directory a's own entry and its
  * contents, nested directories included. */
@@ -1069,6 +1087,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_unchanged_tree_reuses_manifest_only_when_identical);
     TL_ADD(s, t_walk_order_is_path_order);
     TL_ADD(s, t_damaged_stat_cache_is_not_used);
+    TL_ADD(s, t_flat_tree_reuses_manifest);
     TL_ADD(s, t_limit_files);
     TL_ADD(s, t_limit_bytes);
     TL_ADD(s, t_symlinks_and_fifo);
