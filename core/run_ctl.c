@@ -3,11 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,47 +23,7 @@ static void nap(long ms)
 }
 
 /* Waiting polls the store: short naps first (a quick run ends within milliseconds and
- * `submit --wait` should not add much to it), longer ones for long runs.  Every change to
- * the store is a write to its WAL, so a nap ends early when the WAL is written (inotify):
- * the monitor recording the run's end wakes the waiter at once instead of up to a nap
- * later.  Without the watch (no inotify, the WAL replaced) the naps alone still bound the
- * wait. */
-typedef struct waker {
-    int fd;                 /* inotify, or -1 */
-} waker;
-
-static void waker_open(waker *k, const char *ws_dir)
-{
-    char *wal = path_join(ws_dir, "workspace.db-wal");
-    k->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (k->fd >= 0 && inotify_add_watch(k->fd, wal, IN_MODIFY) < 0) {
-        close(k->fd);
-        k->fd = -1;
-    }
-    free(wal);
-}
-
-static void waker_nap(waker *k, long ms)
-{
-    if (k->fd < 0) {
-        nap(ms);
-        return;
-    }
-    struct pollfd pf = {.fd = k->fd, .events = POLLIN};
-    if (poll(&pf, 1, (int)ms) > 0) {
-        char buf[4096];
-        while (read(k->fd, buf, sizeof buf) > 0)
-            ;
-    }
-}
-
-static void waker_close(waker *k)
-{
-    if (k->fd >= 0)
-        close(k->fd);
-    k->fd = -1;
-}
-
+ * `submit --wait` should not add much to it), longer ones for long runs. */
 static long wait_step(int64_t waited_ms)
 {
     return waited_ms < 300 ? 3 : waited_ms < 5000 ? 25 : 200;
@@ -112,8 +70,6 @@ static ctarget_status wait_end(ctarget_ws *ws, const char *id_in, long timeout_m
     if (f)
         f->path = run_file(ws->dir, id, "std_log.txt");
     int64_t t0 = time_mono_ns() / 1000000, last_check = t0;
-    waker wk;
-    waker_open(&wk, ws->dir);
     for (;;) {
         int ended = rs_terminal(run_row_state(row));
         if (f && follow_step(f) != 0) {
@@ -141,14 +97,13 @@ static ctarget_status wait_end(ctarget_ws *ws, const char *id_in, long timeout_m
             run_ensure_monitor(ws, row);
             last_check = now;
         }
-        waker_nap(&wk, wait_step(now - t0));
+        nap(wait_step(now - t0));
         json_t *fresh = run_row(ws->st, id);
         if (fresh) {
             json_decref(row);
             row = fresh;
         }
     }
-    waker_close(&wk);
     if (json) {
         json_t *o = run_render(ws, row);
         *json = json_out(o);

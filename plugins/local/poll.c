@@ -15,9 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <poll.h>
 #include <string.h>
-#include <sys/inotify.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -188,15 +186,6 @@ ctarget_status local_poll(void *ctx, ctarget_call *c, ctarget_target *t,
     ctarget_status rc = lrun_paths_for(h, run, &p, err);
     if (rc != CTARGET_OK)
         return rc;
-    /* The wrapper publishes its pid and the exit status by renaming them into the work
-     * directory: a look is also made as soon as that happens (inotify, watching from
-     * before the first look), not only at the next step.  Without the watch the steps
-     * alone still bound the wait. */
-    int ino = wait_ms > 0 ? inotify_init1(IN_NONBLOCK | IN_CLOEXEC) : -1;
-    if (ino >= 0 && inotify_add_watch(ino, p.work, IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
-        close(ino);
-        ino = -1;
-    }
     clear_poll(out);
     rc = compute(h, c, t, run, &p, out, err);
     ctarget_run_state first = out->state;
@@ -208,27 +197,11 @@ ctarget_status local_poll(void *ctx, ctarget_call *c, ctarget_target *t,
          * looks for the first quarter second, when short scripts end, then 10 ms; a look
          * is a handful of failed open()s and one /proc read */
         long step = now - begin < 250000000 ? 2 : 10;
-        long nap = left_ms < step ? (long)left_ms : step;
-        if (left_ms <= 0)
+        if (left_ms <= 0 || h->sleep_ms(c, left_ms < step ? (long)left_ms : step) != CTARGET_OK)
             break;
-        if (ino < 0) {
-            if (h->sleep_ms(c, nap) != CTARGET_OK)
-                break;
-        } else {
-            if (h->sleep_ms(c, 0) != CTARGET_OK) /* cancelled */
-                break;
-            struct pollfd pf = {.fd = ino, .events = POLLIN};
-            if (poll(&pf, 1, (int)nap) > 0) {
-                char buf[4096];
-                while (read(ino, buf, sizeof buf) > 0)
-                    ;
-            }
-        }
         clear_poll(out);
         rc = compute(h, c, t, run, &p, out, err);
     }
-    if (ino >= 0)
-        close(ino);
     lrun_paths_free(&p);
     return rc;
 }
