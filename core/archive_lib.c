@@ -28,7 +28,7 @@ static int arch_loaded;
 
 static void arch_setup(void)
 {
-    void *dl = dlopen(LIBARCHIVE_SONAME, RTLD_NOW | RTLD_LOCAL);
+    void *dl = dlopen(LIBARCHIVE_SONAME, RTLD_LAZY | RTLD_LOCAL);
     if (!dl) {
         const char *e = dlerror();
         snprintf(arch_error, sizeof arch_error, "cannot load %s (%s): install libarchive13",

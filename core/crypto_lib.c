@@ -33,7 +33,7 @@ static int loaded;
 
 static void setup(void)
 {
-    void *dl = dlopen(LIBCRYPTO_SONAME, RTLD_NOW | RTLD_LOCAL);
+    void *dl = dlopen(LIBCRYPTO_SONAME, RTLD_LAZY | RTLD_LOCAL);
     if (!dl) {
         const char *e = dlerror();
         snprintf(why, sizeof why, "cannot load %s (%s): install OpenSSL's libcrypto "
