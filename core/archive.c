@@ -19,6 +19,7 @@
 #include "tarstream.h"
 #include "archive_int.h"
 #include "blobstore.h"
+#include "crypto_lib.h"
 #include "util.h"
 
 #define CHUNK (256 * 1024)
@@ -55,6 +56,10 @@ static ctarget_status arch_fail(arch_writer *w, const char *what, ctarget_error 
 ctarget_status arch_writer_open(ctarget_write_fn out, void *out_arg, unsigned flags,
                                 arch_writer **wp, ctarget_error *err)
 {
+    *wp = NULL;
+    ctarget_status lrc = arch_lib_load(err);
+    if (lrc)
+        return lrc;
     arch_writer *w = xcalloc(1, sizeof *w);
     w->out = out;
     w->out_arg = out_arg;
@@ -412,6 +417,10 @@ static ctarget_status write_entry(struct archive *a, struct archive_entry *e, in
             if (!rc && fchmod(fd, mode) != 0)
                 rc = io_fail(err, rel, "set the mode of");
             close(fd);
+            /* a file cut short by damage (only possible from standard input: a file is
+             * read whole before anything is written) is not left behind half-written */
+            if (rc)
+                unlinkat(pfd, base, 0);
         }
     }
     close(pfd);
@@ -476,6 +485,11 @@ static int first_is_manifest(const char *path)
 ctarget_status arch_extract_safe(const char *archive_path, const char *dest,
                                  const char *blob_root, ctarget_error *err)
 {
+    ctarget_status lrc = arch_lib_load(err);
+    if (!lrc)
+        lrc = crypto_load(err);
+    if (lrc)
+        return lrc;
     if (strcmp(archive_path, "-") && access(archive_path, R_OK) != 0) {
         ct_err_errno(err, CTARGET_E_NOT_FOUND, errno, "cannot read archive %s", archive_path);
         return CTARGET_E_NOT_FOUND;

@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <openssl/evp.h>
+#include "crypto_lib.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

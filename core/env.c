@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
+#include "crypto_lib.h"
 
 #include "run.h"
 #include "util.h"

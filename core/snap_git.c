@@ -6,6 +6,7 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -135,6 +136,38 @@ static void parse_status(const char *out, int truncated, json_t *info)
     free(head);
 }
 
+/* Whether git could find a repository for dir: a .git (directory or gitfile) in dir or
+ * above, or a directory above that looks like a bare repository.  git's own discovery
+ * (GIT_DIR and GIT_WORK_TREE are removed from its environment) only finds less, stopped by
+ * GIT_CEILING_DIRECTORIES, file system boundaries or safe.directory; when this says no,
+ * git is not run: a snapshot of a plain directory does not pay for a process. */
+static int maybe_in_checkout(const char *dir)
+{
+    char *p = realpath(dir, NULL);
+    if (!p)
+        return 1;
+    int found = 0;
+    for (;;) {
+        struct stat st;
+        char *git = path_join(p, ".git"), *head = path_join(p, "HEAD"),
+             *objects = path_join(p, "objects");
+        found = lstat(git, &st) == 0 ||
+                (lstat(head, &st) == 0 && stat(objects, &st) == 0 && S_ISDIR(st.st_mode));
+        free(git), free(head), free(objects);
+        char *slash = strrchr(p, '/');
+        if (found || !slash || slash == p)
+            break;
+        *slash = '\0';
+    }
+    if (!found) { /* the root itself */
+        struct stat st;
+        found = lstat("/.git", &st) == 0 ||
+                (lstat("/HEAD", &st) == 0 && stat("/objects", &st) == 0);
+    }
+    free(p);
+    return found;
+}
+
 json_t *snap_git_info(const char *dir)
 {
     static const char *const status_args[] = {"status", "--porcelain=v2", "--branch",
@@ -142,6 +175,8 @@ json_t *snap_git_info(const char *dir)
     static const char *const remote_args[] = {"config", "--get", "remote.origin.url", NULL};
     char *out;
     int truncated;
+    if (!maybe_in_checkout(dir))
+        return NULL;
     if (run_git(dir, status_args, &out, &truncated) != 0) {
         free(out); /* not a checkout, or no git: no git info, and no error */
         return NULL;

@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
+#include "crypto_lib.h"
 
 #include "blobstore.h"
 #include "log.h"

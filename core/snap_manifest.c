@@ -2,11 +2,13 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "blobstore.h"
+#include "crypto_lib.h"
 #include "snapshot.h"
 #include "util.h"
 
@@ -20,7 +22,7 @@ void snap_tree_free(snap_tree *t)
     memset(t, 0, sizeof *t);
 }
 
-snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type)
+snap_entry *snap_tree_add_owned(snap_tree *t, char *path, snap_type type)
 {
     if (t->n == t->cap) {
         t->cap = t->cap ? t->cap * 2 : 64;
@@ -28,9 +30,14 @@ snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type)
     }
     snap_entry *e = &t->v[t->n++];
     memset(e, 0, sizeof *e);
-    e->path = xstrdup(path);
+    e->path = path;
     e->type = type;
     return e;
+}
+
+snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type)
+{
+    return snap_tree_add_owned(t, xstrdup(path), type);
 }
 
 static int cmp_entry(const void *a, const void *b)
@@ -83,22 +90,52 @@ static void add_json_str(strbuf *sb, const char *s)
     sb_addc(sb, '"');
 }
 
+/* Decimal digits of v at the end of buf[24]; returns where they start. */
+static char *fmt_u64(uint64_t v, char buf[24])
+{
+    char *p = buf + 24;
+    do
+        *--p = (char)('0' + v % 10);
+    while ((v /= 10));
+    return p;
+}
+
+static void add_u64(strbuf *sb, uint64_t v)
+{
+    char buf[24];
+    char *p = fmt_u64(v, buf);
+    sb_add(sb, p, (size_t)(buf + 24 - p));
+}
+
+/* Written piece by piece rather than with printf: this runs for every entry of every
+ * snapshot, and a warm snapshot is little else. */
 void snap_manifest_lines(const snap_tree *t, strbuf *sb)
 {
+    size_t guess = sb->len;
+    for (size_t i = 0; i < t->n; i++)
+        guess += 140 + strlen(t->v[i].path);
+    sb_reserve(sb, guess);
     for (size_t i = 0; i < t->n; i++) {
         const snap_entry *e = &t->v[i];
         sb_adds(sb, "{\"path\": ");
         add_json_str(sb, e->path);
-        sb_addf(sb, ", \"type\": \"%s\"", snap_type_name(e->type));
+        sb_adds(sb, ", \"type\": \"");
+        sb_adds(sb, snap_type_name(e->type));
+        sb_addc(sb, '"');
         if (e->type == SNAP_LINK) {
             sb_adds(sb, ", \"target\": ");
             add_json_str(sb, e->target);
         } else {
-            sb_addf(sb, ", \"mode\": %u", e->mode & 0777);
+            sb_adds(sb, ", \"mode\": ");
+            add_u64(sb, e->mode & 0777);
         }
-        if (e->type == SNAP_FILE)
-            sb_addf(sb, ", \"size\": %llu, \"sha256\": \"%s\"", (unsigned long long)e->size,
-                    e->sha);
+        if (e->type == SNAP_FILE) {
+            sb_adds(sb, ", \"size\": ");
+            add_u64(sb, e->size);
+            sb_adds(sb, ", \"sha256\": \"");
+            sb_add(sb, e->sha, strlen(e->sha));
+            sb_addc(sb, '"');
+        }
         sb_adds(sb, "}\n");
     }
 }
@@ -223,6 +260,9 @@ ctarget_status snap_manifest_read(const char *blob_root, const char *id, char **
         ct_err(err, CTARGET_E_NOT_FOUND, "no snapshot '%.80s'", id);
         return CTARGET_E_NOT_FOUND;
     }
+    ctarget_status rc = crypto_load(err); /* the manifest is checked against its id */
+    if (rc)
+        return rc;
     char *p = blob_path(blob_root, id);
     char *data = file_read_all(p, len);
     int e = errno;

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,8 +215,128 @@ static void limit_message(const char *root, const snap_tree *t, const snap_limit
 
 /* ---- walking ----------------------------------------------------------------------------- */
 
+/* ---- stat'ing regular files off the walk ---------------------------------------------------
+ *
+ * lstat is most of a warm snapshot's cost (the stat cache then vouches for every file), and
+ * the walk itself (readdir, ignore rules) needs no stat for names whose d_type says they are
+ * regular files.  So the walk hands each directory's regular files to helper threads as one
+ * job (a descriptor of the directory and the names) and goes on; finished jobs are applied
+ * to the tree by the walking thread only, which then stats what is left itself.  Files are
+ * still stat'ed relative to their directory's descriptor, never by a path. */
+#define STAT_MAX_THREADS 4
+#define STAT_MAX_QUEUED 64      /* jobs waiting; beyond that the walk stats them itself */
+
+typedef struct stat_res {
+    int err;                    /* errno of fstatat, 0 when it worked */
+    struct stat st;
+} stat_res;
+
+typedef struct stat_job {
+    struct stat_job *next;
+    int dirfd;                  /* a duplicate, owned */
+    size_t n;
+    char **names;               /* into pool */
+    char *pool;                 /* the names, one allocation */
+    size_t pool_len;
+    size_t *idx;                /* their entries in the tree */
+    stat_res *res;
+} stat_job;
+
+typedef struct stat_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t more, idle;
+    stat_job *todo, *todo_tail, *done;
+    size_t queued, busy;
+    int stop;
+    size_t n_threads;
+    pthread_t tid[STAT_MAX_THREADS];
+} stat_pool;
+
+static void job_run(stat_job *j)
+{
+    for (size_t i = 0; i < j->n; i++)
+        j->res[i].err = fstatat(j->dirfd, j->names[i], &j->res[i].st, AT_SYMLINK_NOFOLLOW) != 0
+                        ? errno : 0;
+}
+
+static void job_free(stat_job *j)
+{
+    free(j->pool);
+    free(j->names);
+    free(j->idx);
+    free(j->res);
+    if (j->dirfd >= 0)
+        close(j->dirfd);
+    free(j);
+}
+
+static void *stat_worker(void *arg)
+{
+    stat_pool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->todo && !p->stop)
+            pthread_cond_wait(&p->more, &p->mu);
+        if (!p->todo)
+            break;
+        stat_job *j = p->todo;
+        p->todo = j->next;
+        p->queued--;
+        p->busy++;
+        pthread_mutex_unlock(&p->mu);
+        job_run(j);
+        pthread_mutex_lock(&p->mu);
+        j->next = p->done;
+        p->done = j;
+        p->busy--;
+        pthread_cond_signal(&p->idle);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void pool_start(stat_pool *p)
+{
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->more, NULL);
+    pthread_cond_init(&p->idle, NULL);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    /* the walking thread is one of the cores */
+    size_t want = cpus > 1 ? (size_t)cpus - 1 : 0;
+    if (want > STAT_MAX_THREADS)
+        want = STAT_MAX_THREADS;
+    for (size_t i = 0; i < want; i++)
+        if (pthread_create(&p->tid[p->n_threads], NULL, stat_worker, p) == 0)
+            p->n_threads++;
+}
+
+static void pool_stop(stat_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->more);
+    pthread_mutex_unlock(&p->mu);
+    for (size_t i = 0; i < p->n_threads; i++)
+        pthread_join(p->tid[i], NULL);
+    /* jobs left after a failure */
+    for (stat_job *j = p->todo, *next; j; j = next) {
+        next = j->next;
+        job_free(j);
+    }
+    for (stat_job *j = p->done, *next; j; j = next) {
+        next = j->next;
+        job_free(j);
+    }
+    pthread_cond_destroy(&p->more);
+    pthread_cond_destroy(&p->idle);
+    pthread_mutex_destroy(&p->mu);
+}
+
 typedef struct walk {
     const char *root;
+    stat_pool pool;
+    size_t vanished;           /* entries whose file went away before its stat */
     ignore *ig;
     snap_tree *t;
     const snap_limits *lim;
@@ -270,92 +391,256 @@ static int64_t ts_ns(struct timespec ts)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static ctarget_status add_link(walk *w, int dirfd, const char *name, const char *reldir,
-                               const char *rel, ctarget_error *err)
+/* What one name in a directory turned out to be. */
+typedef enum item_kind {
+    IT_NONE,          /* left out (ignored, vanished, not snapshotted) */
+    IT_DIR,
+    IT_FILE,          /* stat'ed here */
+    IT_DEFERRED,      /* a regular file by its d_type, stat'ed by a job */
+    IT_LINK
+} item_kind;
+
+typedef struct item {
+    item_kind kind;
+    char *rel;        /* owned until it moves into the tree */
+    const char *path; /* the same string once in the tree (borrowed from there) */
+    struct stat st;   /* IT_DIR, IT_FILE */
+    char *target;     /* IT_LINK, owned until it moves into the tree */
+} item;
+
+/* A symlink's target into it->target, or IT_NONE with a warning when it cannot be kept. */
+static ctarget_status read_link(walk *w, int dirfd, const char *name, const char *reldir,
+                                item *it, ctarget_error *err)
 {
     char buf[4096];
     ssize_t n = readlinkat(dirfd, name, buf, sizeof buf - 1);
     if (n < 0) {
-        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read symlink %s/%s", w->root, rel);
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read symlink %s/%s", w->root, it->rel);
         return CTARGET_E_IO;
     }
     buf[n] = '\0';
     if (!n || !utf8_valid(buf)) {
-        log_msg(CTARGET_LOG_WARN, "skipping symlink %s: its target is empty or not UTF-8", rel);
+        log_msg(CTARGET_LOG_WARN, "skipping symlink %s: its target is empty or not UTF-8",
+                it->rel);
         return CTARGET_OK;
     }
     if (link_escapes(reldir, buf))
         log_msg(CTARGET_LOG_WARN,
                 "symlink %s points outside the source directory (%s): kept as a link, which "
-                "will not resolve to the same file on a target", rel, buf);
-    snap_tree_add(w->t, rel, SNAP_LINK)->target = xstrdup(buf);
-    w->t->files++;
+                "will not resolve to the same file on a target", it->rel, buf);
+    it->kind = IT_LINK;
+    it->target = xstrdup(buf);
     return CTARGET_OK;
 }
 
-static void add_file(walk *w, const char *rel, const struct stat *st)
+static void set_file_stat(snap_entry *e, const struct stat *st)
 {
-    snap_entry *e = snap_tree_add(w->t, rel, SNAP_FILE);
     e->mode = st->st_mode & 0777;
     e->size = (uint64_t)st->st_size;
     e->mtime_ns = ts_ns(st->st_mtim);
     e->ctime_ns = ts_ns(st->st_ctim);
     e->ino = (uint64_t)st->st_ino;
     e->dev = (uint64_t)st->st_dev;
-    w->t->files++;
-    w->t->bytes += e->size;
 }
 
-/* Classify one directory entry (stat relative to its directory: no path walk per file);
- * *descend set for kept subdirectories. */
-static ctarget_status add_entry(walk *w, int dirfd, const char *name, const char *reldir,
-                                const char *rel, int *descend, ctarget_error *err)
+/* A finished job into the tree (walking thread only). */
+static ctarget_status job_apply(walk *w, stat_job *j, ctarget_error *err)
 {
-    struct stat st;
     ctarget_status rc = CTARGET_OK;
-    *descend = 0;
-    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (errno != ENOENT) { /* vanished since readdir: nothing to snapshot */
-            ct_err_errno(err, CTARGET_E_IO, errno, "cannot stat %s/%s", w->root, rel);
+    for (size_t i = 0; i < j->n && !rc; i++) {
+        snap_entry *e = &w->t->v[j->idx[i]];
+        const struct stat *st = &j->res[i].st;
+        if (j->res[i].err == ENOENT) {
+            /* vanished since readdir: nothing to snapshot */
+            free(e->path);
+            e->path = NULL;
+            w->vanished++;
+            w->t->files--;
+        } else if (j->res[i].err) {
+            ct_err_errno(err, CTARGET_E_IO, j->res[i].err, "cannot stat %s/%s", w->root,
+                         e->path);
             rc = CTARGET_E_IO;
+        } else if (!S_ISREG(st->st_mode)) {
+            ct_err(err, CTARGET_E_FAILED, "%s/%s stopped being a regular file during the "
+                   "snapshot; take it again", w->root, e->path);
+            rc = CTARGET_E_FAILED;
+        } else {
+            e->mode = st->st_mode & 0777;
+            e->size = (uint64_t)st->st_size;
+            e->mtime_ns = ts_ns(st->st_mtim);
+            e->ctime_ns = ts_ns(st->st_ctim);
+            e->ino = (uint64_t)st->st_ino;
+            e->dev = (uint64_t)st->st_dev;
+            w->t->bytes += e->size;
         }
-    } else if (ignore_is_excluded(w->ig, rel, S_ISDIR(st.st_mode))) {
-        /* left out, and never descended into */
-    } else if (!utf8_valid(rel)) {
-        ct_err(err, CTARGET_E_FAILED, "%s/%s: the name is not valid UTF-8; rename it or add "
-               "it to %s", w->root, rel, ignore_file_name(w->ig));
-        rc = CTARGET_E_FAILED;
-    } else if (S_ISDIR(st.st_mode) && w->has_skip && st.st_dev == w->skip_dev &&
-               st.st_ino == w->skip_ino) {
-        /* snapshotting the blob store into itself would grow it without end */
-        log_msg(CTARGET_LOG_INFO, "leaving out %s: it is the workspace", rel);
-    } else if (S_ISDIR(st.st_mode)) {
-        snap_tree_add(w->t, rel, SNAP_DIR)->mode = st.st_mode & 0777;
-        *descend = 1;
-    } else if (S_ISREG(st.st_mode)) {
-        add_file(w, rel, &st);
-    } else if (S_ISLNK(st.st_mode)) {
-        rc = add_link(w, dirfd, name, reldir, rel, err);
-    } else {
-        log_msg(CTARGET_LOG_WARN, "skipping %s: a %s is not snapshotted", rel,
-                S_ISFIFO(st.st_mode) ? "FIFO" : S_ISSOCK(st.st_mode) ? "socket" : "device");
+    }
+    job_free(j);
+    return rc;
+}
+
+/* Apply the jobs finished so far; with wait, first finish all of them (helping). */
+static ctarget_status jobs_collect(walk *w, int wait, ctarget_error *err)
+{
+    stat_pool *p = &w->pool;
+    pthread_mutex_lock(&p->mu);
+    while (wait && p->todo) {
+        stat_job *j = p->todo;
+        p->todo = j->next;
+        p->queued--;
+        pthread_mutex_unlock(&p->mu);
+        job_run(j);
+        pthread_mutex_lock(&p->mu);
+        j->next = p->done;
+        p->done = j;
+    }
+    while (wait && p->busy)
+        pthread_cond_wait(&p->idle, &p->mu);
+    stat_job *done = p->done;
+    p->done = NULL;
+    pthread_mutex_unlock(&p->mu);
+    ctarget_status rc = CTARGET_OK;
+    for (stat_job *j = done, *next; j; j = next) {
+        next = j->next;
+        if (rc)
+            job_free(j);
+        else
+            rc = job_apply(w, j, err);
     }
     return rc;
 }
 
-static int cmp_str(const void *a, const void *b)
+/* Hand a directory's regular files to the helpers, or stat them here when there are none
+ * or enough is queued already. */
+static ctarget_status jobs_submit(walk *w, stat_job *j, ctarget_error *err)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    stat_pool *p = &w->pool;
+    j->res = xcalloc(j->n, sizeof *j->res);
+    if (p->n_threads) {
+        pthread_mutex_lock(&p->mu);
+        if (p->queued < STAT_MAX_QUEUED) {
+            j->next = NULL;
+            if (p->todo)
+                p->todo_tail->next = j;
+            else
+                p->todo = j;
+            p->todo_tail = j;
+            p->queued++;
+            pthread_cond_signal(&p->more);
+            pthread_mutex_unlock(&p->mu);
+            return CTARGET_OK;
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    job_run(j);
+    return job_apply(w, j, err);
+}
+
+static ctarget_status not_utf8(walk *w, const char *rel, ctarget_error *err)
+{
+    ct_err(err, CTARGET_E_FAILED, "%s/%s: the name is not valid UTF-8; rename it or add it to "
+           "%s", w->root, rel, ignore_file_name(w->ig));
+    return CTARGET_E_FAILED;
+}
+
+/* Submit the regular files of the directory at dirfd (job freed on failure). */
+static ctarget_status job_submit_dir(walk *w, int dirfd, const char *reldir, stat_job *job,
+                                     ctarget_error *err)
+{
+    if ((job->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s/%s", w->root, reldir);
+        job_free(job);
+        return CTARGET_E_IO;
+    }
+    return jobs_submit(w, job, err);
+}
+
+/* Classify one directory entry (stat relative to its directory: no path walk per file).  A
+ * name whose d_type says "regular file" needs no stat to be kept or left out: the ignore
+ * rules only ask whether it is a directory; its stat is deferred to a job.  The names of
+ * the directories above were checked when they were kept, so only `name` needs checking. */
+static ctarget_status classify(walk *w, int dirfd, const char *name, unsigned char d_type,
+                               const char *reldir, item *it, ctarget_error *err)
+{
+    it->kind = IT_NONE;
+    if (d_type == DT_REG) {
+        if (ignore_is_excluded(w->ig, it->rel, 0))
+            return CTARGET_OK;
+        if (!utf8_valid(name))
+            return not_utf8(w, it->rel, err);
+        it->kind = IT_DEFERRED;
+        return CTARGET_OK;
+    }
+    struct stat *st = &it->st;
+    if (fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) /* vanished since readdir: nothing to snapshot */
+            return CTARGET_OK;
+        ct_err_errno(err, CTARGET_E_IO, errno, "cannot stat %s/%s", w->root, it->rel);
+        return CTARGET_E_IO;
+    }
+    if (ignore_is_excluded(w->ig, it->rel, S_ISDIR(st->st_mode)))
+        return CTARGET_OK; /* left out, and never descended into */
+    if (!utf8_valid(name))
+        return not_utf8(w, it->rel, err);
+    if (S_ISDIR(st->st_mode) && w->has_skip && st->st_dev == w->skip_dev &&
+        st->st_ino == w->skip_ino) {
+        /* snapshotting the blob store into itself would grow it without end */
+        log_msg(CTARGET_LOG_INFO, "leaving out %s: it is the workspace", it->rel);
+    } else if (S_ISDIR(st->st_mode)) {
+        it->kind = IT_DIR;
+    } else if (S_ISREG(st->st_mode)) {
+        it->kind = IT_FILE;
+    } else if (S_ISLNK(st->st_mode)) {
+        return read_link(w, dirfd, name, reldir, it, err);
+    } else {
+        log_msg(CTARGET_LOG_WARN, "skipping %s: a %s is not snapshotted", it->rel,
+                S_ISFIFO(st->st_mode) ? "FIFO" : S_ISSOCK(st->st_mode) ? "socket" : "device");
+    }
+    return CTARGET_OK;
+}
+
+/* The order entries are added in: a directory's names, with each kept subdirectory's
+ * contents ("name/...") where "name/" sorts among them.  That is byte order of the whole
+ * paths, so the tree comes out sorted without sorting it. */
+typedef struct key {
+    size_t idx;
+    int block;        /* 1: the contents of subdirectory idx, i.e. "name/" */
+} key;
+
+/* Whether "block/" sorts before name (byte order; a name never contains '/'). */
+static int block_before(const char *block, const char *name)
+{
+    const unsigned char *p = (const unsigned char *)block, *q = (const unsigned char *)name;
+    while (*p && *p == *q)
+        p++, q++;
+    /* where block ends it goes on with '/'; a name never contains '/', so no tie */
+    int cp = *p ? *p : '/';
+    return cp < *q;
+}
+
+typedef struct dent {
+    char *name;                /* into the directory's name pool */
+    unsigned char type;        /* d_type: DT_UNKNOWN when the file system does not say */
+} dent;
+
+typedef struct dir_list {
+    dent *v;
+    size_t n;
+    char *pool;                /* every name, NUL-terminated, one allocation */
+    size_t pool_len;
+} dir_list;
+
+static int cmp_dent(const void *a, const void *b)
+{
+    return strcmp(((const dent *)a)->name, ((const dent *)b)->name);
 }
 
 /* Names in a directory, sorted so that walks (and warnings) are deterministic. */
-static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, char ***names,
-                               size_t *n, ctarget_error *err)
+static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, dir_list *l,
+                               ctarget_error *err)
 {
     int fd = dup(dirfd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    *names = NULL;
-    *n = 0;
+    memset(l, 0, sizeof *l);
     if (!d) {
         ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s%s%s", w->root,
                      *reldir ? "/" : "", reldir);
@@ -363,18 +648,34 @@ static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, char ***n
             close(fd);
         return CTARGET_E_IO;
     }
-    size_t cap = 0;
+    size_t cap = 0, pool_cap = 0;
+    size_t *off = NULL;
     struct dirent *de;
     while ((de = readdir(d))) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
             continue;
-        if (*n == cap)
-            *names = xrealloc(*names, (cap = cap ? cap * 2 : 16) * sizeof **names);
-        (*names)[(*n)++] = xstrdup(de->d_name);
+        if (l->n == cap) {
+            cap = cap ? cap * 2 : 16;
+            l->v = xrealloc(l->v, cap * sizeof *l->v);
+            off = xrealloc(off, cap * sizeof *off);
+        }
+        size_t len = strlen(de->d_name) + 1;
+        if (l->pool_len + len > pool_cap) {
+            while (l->pool_len + len > pool_cap)
+                pool_cap = pool_cap ? pool_cap * 2 : 1024;
+            l->pool = xrealloc(l->pool, pool_cap);
+        }
+        memcpy(l->pool + l->pool_len, de->d_name, len);
+        off[l->n] = l->pool_len;
+        l->pool_len += len;
+        l->v[l->n++].type = de->d_type;
     }
     closedir(d);
-    if (*n)
-        qsort(*names, *n, sizeof **names, cmp_str);
+    for (size_t i = 0; i < l->n; i++)
+        l->v[i].name = l->pool + off[i];
+    free(off);
+    if (l->n)
+        qsort(l->v, l->n, sizeof *l->v, cmp_dent);
     return CTARGET_OK;
 }
 
@@ -385,11 +686,23 @@ static int over_cap(const walk *w)
            t->n >= WALK_OVER_LIMIT_CAP;
 }
 
-static void free_names(char **names, size_t n)
+static void free_dir_list(dir_list *l)
 {
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
+    free(l->v);
+    free(l->pool);
+}
+
+/* "reldir/name", or name at the root. */
+static char *rel_join(const char *reldir, const char *name)
+{
+    size_t dl = strlen(reldir), nl = strlen(name);
+    char *r = xmalloc(dl + nl + 2);
+    if (dl) {
+        memcpy(r, reldir, dl);
+        r[dl++] = '/';
+    }
+    memcpy(r + dl, name, nl + 1);
+    return r;
 }
 
 static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth,
@@ -421,41 +734,118 @@ static ctarget_status walk_dir(walk *w, int dirfd, const char *reldir, int depth
                reldir, WALK_MAX_DEPTH);
         return CTARGET_E_LIMIT;
     }
-    char **names;
-    size_t n;
-    ctarget_status rc = list_dir(w, dirfd, reldir, &names, &n, err);
+    dir_list l;
+    ctarget_status rc = list_dir(w, dirfd, reldir, &l, err);
     if (rc)
         return rc;
+    dent *names = l.v;
+    size_t n = l.n;
     if ((rc = ignore_enter(w->ig, reldir, err))) {
-        free_names(names, n);
+        free_dir_list(&l);
         return rc;
     }
-    /* classify every entry while this directory's rules are on top, then descend */
-    unsigned char *sub = xcalloc(n + 1, 1);
-    size_t before = w->t->n;
-    char **rels = xcalloc(n + 1, sizeof *rels);
+    /* classify every entry while this directory's rules are on top */
+    item *items = xcalloc(n + 1, sizeof *items);
+    key *keys = xcalloc(2 * n + 1, sizeof *keys);
+    size_t *pending = xcalloc(n + 1, sizeof *pending);
+    size_t nk = 0, np = 0, before = w->t->n;
     for (size_t i = 0; i < n && !rc; i++) {
-        rels[i] = *reldir ? xasprintf("%s/%s", reldir, names[i]) : xstrdup(names[i]);
-        int d;
-        rc = add_entry(w, dirfd, names[i], reldir, rels[i], &d, err);
-        sub[i] = (unsigned char)d;
+        items[i].rel = rel_join(reldir, names[i].name);
+        rc = classify(w, dirfd, names[i].name, names[i].type, reldir, &items[i], err);
+        if (items[i].kind == IT_NONE)
+            continue;
+        /* names come sorted: a subdirectory's block goes before the first later name it
+         * sorts before; the pending ones nest, the latest being the smallest */
+        while (np && block_before(names[pending[np - 1]].name, names[i].name))
+            keys[nk++] = (key){pending[--np], 1};
+        keys[nk++] = (key){i, 0};
+        if (items[i].kind == IT_DIR)
+            pending[np++] = i;
     }
+    while (np)
+        keys[nk++] = (key){pending[--np], 1};
+    free(pending);
+    /* add them in path order, descending where a subdirectory's contents belong; the
+     * regular files added so far go to the stat helpers before each descent */
+    stat_job *job = NULL;
+    for (size_t k = 0; k < nk && !rc; k++) {
+        item *it = &items[keys[k].idx];
+        if (keys[k].block) {
+            /* the directory's own entry came first ("name" < "name/"): it->path is set */
+            if (job)
+                rc = job_submit_dir(w, dirfd, reldir, job, err);
+            job = NULL;
+            if (!rc)
+                rc = jobs_collect(w, 0, err);
+            if (rc)
+                break;
+            if (over_cap(w)) {
+                w->truncated = 1;
+                break;
+            }
+            rc = descend(w, dirfd, names[keys[k].idx].name, it->path, depth + 1, err);
+            continue;
+        }
+        snap_type type = it->kind == IT_DIR ? SNAP_DIR : it->kind == IT_LINK ? SNAP_LINK
+                                                                             : SNAP_FILE;
+        char *rel = it->rel;
+        snap_entry *e = snap_tree_add_owned(w->t, rel, type);
+        if (it->kind == IT_DIR) {
+            e->mode = it->st.st_mode & 0777;
+        } else if (it->kind == IT_LINK) {
+            e->target = it->target;
+            it->target = NULL;
+            w->t->files++;
+        } else if (it->kind == IT_FILE) {
+            set_file_stat(e, &it->st);
+            w->t->files++;
+            w->t->bytes += e->size;
+        } else {
+            if (!job) {
+                job = xcalloc(1, sizeof *job);
+                job->dirfd = -1;
+                job->names = xcalloc(n, sizeof *job->names);
+                job->idx = xcalloc(n, sizeof *job->idx);
+                job->pool = xmalloc(l.pool_len);
+            }
+            w->t->files++;
+            const char *name = names[keys[k].idx].name;
+            size_t len = strlen(name) + 1;
+            memcpy(job->pool + job->pool_len, name, len);
+            job->idx[job->n] = w->t->n - 1;
+            job->names[job->n++] = job->pool + job->pool_len;
+            job->pool_len += len;
+        }
+        it->rel = NULL; /* rel and target now belong to the tree */
+        it->path = rel;
+    }
+    if (job && !rc)
+        rc = job_submit_dir(w, dirfd, reldir, job, err);
+    else if (job)
+        job_free(job);
+    if (!rc)
+        rc = jobs_collect(w, 0, err);
     if (w->t->n / 1024 != before / 1024 && time_mono_ns() - w->start_ns > PROGRESS_AFTER_NS)
         progress_report("snapshot: scanning", w->t->n, 0);
-    for (size_t i = 0; i < n && !rc; i++) {
-        if (!sub[i])
-            continue;
-        if (over_cap(w)) {
-            w->truncated = 1;
-            break;
-        }
-        rc = descend(w, dirfd, names[i], rels[i], depth + 1, err);
-    }
     ignore_leave(w->ig);
-    free_names(rels, n);
-    free_names(names, n);
-    free(sub);
+    for (size_t i = 0; i < n; i++) {
+        free(items[i].rel);
+        free(items[i].target);
+    }
+    free(items);
+    free(keys);
+    free_dir_list(&l);
     return rc;
+}
+
+/* Drop the entries of files that vanished before their stat. */
+static void compact(snap_tree *t)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->v[i].path)
+            t->v[k++] = t->v[i];
+    t->n = k;
 }
 
 ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *skip_dir,
@@ -473,6 +863,7 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
     if (rc)
         return rc;
     int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    pool_start(&w.pool);
     if (fd < 0) {
         ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s", root);
         rc = CTARGET_E_IO;
@@ -480,8 +871,25 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
         rc = walk_dir(&w, fd, "", 0, err);
         close(fd);
     }
+    ctarget_error cerr;
+    ctarget_error_init(&cerr);
+    ctarget_status crc = jobs_collect(&w, 1, &cerr);
+    if (!rc && crc) {
+        rc = crc;
+        *err = cerr;
+    }
+    pool_stop(&w.pool);
+    if (w.vanished)
+        compact(t);
     if (!rc) {
-        snap_tree_sort(t);
+        /* added in path order already (cmp_key); sorting is only a safety net */
+        for (size_t i = 1; i < t->n; i++)
+            if (strcmp(t->v[i - 1].path, t->v[i].path) >= 0) {
+                log_msg(CTARGET_LOG_DEBUG, "snapshot walk: %s came after %s; sorting",
+                        t->v[i].path, t->v[i - 1].path);
+                snap_tree_sort(t);
+                break;
+            }
         if (t->files > lim->max_files || t->bytes > lim->max_bytes) {
             limit_message(root, t, lim, ignore_file_name(w.ig), w.truncated, err);
             rc = CTARGET_E_LIMIT;

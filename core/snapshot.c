@@ -10,13 +10,11 @@
 #include <time.h>
 
 #include "blobstore.h"
+#include "crypto_lib.h"
 #include "log.h"
 #include "snapshot.h"
 #include "util.h"
 #include "ws.h"
-
-/* Files modified this close to the snapshot's start are not cached (racily clean). */
-#define RACY_MARGIN_NS 1000000000LL
 
 static int64_t wall_ns(void)
 {
@@ -63,6 +61,7 @@ static ctarget_status resolve_limits(const ctarget_snapshot_opts *o, snap_limits
 
 typedef struct create_result {
     char id[65];
+    int manifest_added;       /* the manifest blob was new */
     snap_hash_stats hs;
     size_t manifest_bytes;
     size_t dirs;
@@ -70,25 +69,37 @@ typedef struct create_result {
 
 /* Hash what the stat cache cannot vouch for, then store the manifest as blob <id>. */
 static ctarget_status hash_and_store(const char *source, const char *blob_root, snap_tree *t,
-                                     int64_t start_ns, create_result *cr, ctarget_error *err)
+                                     const snap_cache_state *cs, int64_t start_ns,
+                                     create_result *cr, ctarget_error *err)
 {
     for (size_t i = 0; i < t->n; i++) {
         snap_entry *e = &t->v[i];
         e->hashed = e->type == SNAP_FILE && !e->sha[0];
         cr->dirs += e->type == SNAP_DIR;
     }
-    ctarget_status rc = snap_hash_files(source, blob_root, t, &cr->hs, err);
+    /* nothing changed since the cache was recorded: the manifest would be the same bytes */
+    uint64_t size;
+    if (cs->same_id[0] && blob_exists(blob_root, cs->same_id, &size) &&
+        size == cs->same_manifest_bytes) {
+        memcpy(cr->id, cs->same_id, sizeof cr->id);
+        cr->manifest_bytes = (size_t)size;
+        memset(&cr->hs, 0, sizeof cr->hs);
+        return CTARGET_OK;
+    }
+    ctarget_status rc = crypto_load(err);
+    if (rc)
+        return rc;
+    rc = snap_hash_files(source, blob_root, t, &cr->hs, err);
     if (rc)
         return rc;
     for (size_t i = 0; i < t->n; i++)
         if (t->v[i].hashed)
-            t->v[i].cacheable = t->v[i].mtime_ns < start_ns - RACY_MARGIN_NS;
+            t->v[i].cacheable = t->v[i].mtime_ns < start_ns - SNAP_RACY_MARGIN_NS;
     strbuf sb;
     sb_init(&sb);
     snap_manifest_lines(t, &sb);
     blob_sha256_hex(sb.data, sb.len, cr->id);
-    int added;
-    rc = blob_put_mem(blob_root, cr->id, sb.data, sb.len, &added, err);
+    rc = blob_put_mem(blob_root, cr->id, sb.data, sb.len, &cr->manifest_added, err);
     cr->manifest_bytes = sb.len;
     sb_free(&sb);
     return rc;
@@ -133,19 +144,26 @@ static ctarget_status create_locked(ctarget_ws *ws, const char *source, snap_tre
         return CTARGET_E_IO;
     }
     create_result cr = {.id = ""};
+    snap_cache_state *cs = xcalloc(1, sizeof *cs);
     int64_t t0 = time_mono_ns();
-    ctarget_status rc = snap_db_apply_cache(ws->st, source, blob_root, t, err);
+    ctarget_status rc = snap_db_apply_cache(ws->st, source, blob_root, t, cs, err);
     int64_t t1 = time_mono_ns();
     if (!rc)
-        rc = hash_and_store(source, blob_root, t, start_ns, &cr, err);
-    log_msg(CTARGET_LOG_DEBUG, "snapshot phases: stat cache %.1f ms, hashing %.1f ms",
-            (t1 - t0) / 1e6, (time_mono_ns() - t1) / 1e6);
+        rc = hash_and_store(source, blob_root, t, cs, start_ns, &cr, err);
+    int64_t t2 = time_mono_ns();
     int64_t now = time_now_ms();
     char *parent = NULL;
     if (!rc) {
-        snap_record r = {cr.id, source, now, t->files, t->bytes, cr.hs.new_bytes, git_text};
-        rc = snap_db_record(ws->st, &r, t, &parent, err);
+        snap_record r = {cr.id, source, now, t->files, t->bytes, cr.hs.new_bytes, git_text,
+                        cr.manifest_bytes, cr.hs.new_blobs || cr.manifest_added};
+        rc = snap_db_record(ws->st, &r, t, cs, blob_root, wall_ns(), &parent, err);
     }
+    log_msg(CTARGET_LOG_DEBUG, "snapshot phases: stat cache %.1f ms (%zu cached blobs "
+            "checked%s), hashing and manifest %.1f ms, recording %.1f ms", (t1 - t0) / 1e6,
+            cs->verified, cs->same_id[0] ? "; same manifest as recorded with it" : "",
+            (t2 - t1) / 1e6, (time_mono_ns() - t2) / 1e6);
+    snap_cache_state_free(cs);
+    free(cs);
     blob_unlock(lock);
     if (!rc) {
         json_t *j = create_json(source, parent, t, &cr, now, git);

@@ -20,17 +20,26 @@
  *
  * STAT CACHE
  *  Per source directory (its realpath), the size, mtime_ns, ctime_ns, inode and device of
- *  every file hashed, with its sha256, are kept in the store.  A file whose lstat matches is
- *  not read again (its blob must still exist).  As in git's index, an entry is "racily clean"
- *  when its mtime is not safely older than the snapshot's start: a later write within the
- *  same timestamp tick would leave its stat unchanged.  Such entries (mtime >= start - 1 s,
- *  which also covers coarse-timestamp file systems) are not cached, so they are hashed again
- *  next time.
+ *  every file hashed, with its sha256, are kept in one file, <ws>/statcache/<hash>, mapped
+ *  and read in one go like git's index (snap_db.c has the layout; a file from an earlier
+ *  boot is not used).  A file whose lstat matches is not read again (its blob must
+ *  still exist).  As in git's index, an entry is "racily clean" when its mtime is not safely
+ *  older than the snapshot's start: a later write within the same timestamp tick would leave
+ *  its stat unchanged.  Such entries (mtime >= start - 1 s, which also covers
+ *  coarse-timestamp file systems) are not cached, so they are hashed again next time.
+ *
+ *  That cached blobs still exist is not checked one by one.  The record also keeps a stamp
+ *  (mtime, ctime, inode) of each of the blob store's 256 fan-out directories: removing a
+ *  blob (gc, or by hand) changes its directory's stamp, so only the cached blobs of
+ *  directories whose stamp changed are looked at (size included).  After a reboot, when a
+ *  crash may have cut a young blob short (blobs are not fsync'ed), the cache is not used
+ *  at all: every file is read again once.  Stamps younger than the racy margin, or that
+ *  changed while the snapshot ran, are stored as "not trusted" and checked next time.
  *
  * CONCURRENCY
  *  Blobs are written under a shared lock that `snapshot gc` takes exclusively; the snapshot
- *  row, its source's "last snapshot" pointer and the stat cache are written in one short
- *  BEGIN IMMEDIATE transaction at the end. */
+ *  row and its source's "last snapshot" pointer are written in one short BEGIN IMMEDIATE
+ *  transaction at the end, then the stat cache file is replaced (rename) when it changed. */
 #ifndef CTARGET_CORE_SNAPSHOT_H
 #define CTARGET_CORE_SNAPSHOT_H
 
@@ -71,6 +80,8 @@ typedef struct snap_tree {
 
 void snap_tree_free(snap_tree *t);
 snap_entry *snap_tree_add(snap_tree *t, const char *path, snap_type type);
+/* The same, taking ownership of path (malloc'ed). */
+snap_entry *snap_tree_add_owned(snap_tree *t, char *path, snap_type type);
 void snap_tree_sort(snap_tree *t);
 /* Entry with this path, or NULL (tree sorted). */
 const snap_entry *snap_tree_find(const snap_tree *t, const char *path);
@@ -122,18 +133,52 @@ ctarget_status snap_hash_files(const char *root, const char *blob_root, snap_tre
                                snap_hash_stats *stats, ctarget_error *err);
 
 /* ---- the store (snap_db.c) --------------------------------------------------------------- */
-/* Fill sha of entries whose stat matches the cache (and whose blob exists). */
+/* Files (and blob store directories) modified this close to a snapshot are not trusted to be
+ * unchanged when their stat is (racily clean). */
+#define SNAP_RACY_MARGIN_NS 1000000000LL
+#define SNAP_FANOUT 256
+
+typedef struct snap_stamp {
+    int64_t mtime_ns, ctime_ns;
+    uint64_t ino;
+} snap_stamp;
+
+#define SNAP_CACHE_HEADER (160 + SNAP_FANOUT * 24 + 8)
+
+/* What applying the cache saw, for recording it afterwards. */
+typedef struct snap_cache_state {
+    char boot[40];                      /* this boot's id ("" when unknown) */
+    snap_stamp seen[SNAP_FANOUT];       /* the blob store's fan-out directories then */
+    size_t stored;                      /* entries stored (SIZE_MAX: no usable record) */
+    unsigned char stored_header[SNAP_CACHE_HEADER];
+    size_t verified;                    /* cached blobs whose existence was checked */
+    int all_trusted;                    /* every fan-out stamp as recorded: none checked */
+    strbuf shape, stored_shape;         /* the tree's directories and symlinks, now and then */
+    /* Set when every file matched the cache, no other file was cached and the directories
+     * and symlinks are those recorded with it: the manifest is then the one of snapshot
+     * same_id (same_manifest_bytes long), and need not be built again. */
+    char same_id[65];
+    uint64_t same_manifest_bytes;
+} snap_cache_state;
+
+/* Fill sha of entries whose stat matches the cache (and whose blob exists); cs is
+ * initialised here and released with snap_cache_state_free. */
+void snap_cache_state_free(snap_cache_state *cs);
 ctarget_status snap_db_apply_cache(store *st, const char *source, const char *blob_root,
-                                   snap_tree *t, ctarget_error *err);
+                                   snap_tree *t, snap_cache_state *cs, ctarget_error *err);
 typedef struct snap_record {
     const char *id, *source_dir;
     int64_t created_at;
     uint64_t files, bytes, new_bytes;
     const char *git_json;      /* or NULL */
+    uint64_t manifest_bytes;
+    int wrote_blobs;           /* this snapshot stored blobs (its files' or its manifest) */
 } snap_record;
 /* Record the snapshot (kept as first recorded when the id exists), the source's latest
- * snapshot and its stat cache, in one transaction.  *parent: owned, NULL for none. */
+ * snapshot and its stat cache (cs from snap_db_apply_cache; now_ns: wall clock), in one
+ * transaction.  *parent: owned, NULL for none. */
 ctarget_status snap_db_record(store *st, const snap_record *r, const snap_tree *t,
+                              const snap_cache_state *cs, const char *blob_root, int64_t now_ns,
                               char **parent, ctarget_error *err);
 /* One snapshot row as JSON (NULL when absent); resolve a unique id prefix into *id. */
 ctarget_status snap_db_resolve(store *st, const char *prefix, char **id, ctarget_error *err);

@@ -30,9 +30,13 @@ ctarget_status arch_writer_close(arch_writer *w, ctarget_error *err);
  * Refused, with the offending entry named: absolute paths, `..` components, symlinks whose
  * target leaves dest, hardlinks to anything outside dest, device nodes, FIFOs and sockets,
  * and any entry that would be written through a symlink.  The whole archive is checked
- * before anything is written, so a refused archive leaves dest untouched; nothing outside
- * dest is ever created or modified.  archive_path "-" reads standard input (then checked
- * while extracting). */
+ * before anything is written, so a refused, truncated or corrupt archive leaves dest
+ * untouched; nothing outside dest is ever created or modified.  A transport archive's files
+ * are written only once all its blobs have arrived and been verified (they are staged in
+ * dest/.ctarget-staging-PID, removed in any case).  archive_path "-" reads standard input,
+ * streamed, never held whole in memory: a generic tar is then checked while extracting, so
+ * a refused or damaged one leaves dest with the entries before the bad one, but never a
+ * file cut short. */
 ctarget_status arch_extract_safe(const char *archive_path, const char *dest,
                                  const char *blob_root, ctarget_error *err);
 

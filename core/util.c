@@ -103,6 +103,12 @@ static void sb_grow(strbuf *sb, size_t extra)
     sb->cap = cap;
 }
 
+void sb_reserve(strbuf *sb, size_t total)
+{
+    if (total > sb->len)
+        sb_grow(sb, total - sb->len);
+}
+
 void sb_add(strbuf *sb, const void *data, size_t len)
 {
     sb_grow(sb, len);

@@ -28,6 +28,8 @@ typedef struct strbuf {
 } strbuf;
 void sb_init(strbuf *sb);
 void sb_free(strbuf *sb);
+/* Room for at least total bytes (and the NUL) without further reallocation. */
+void sb_reserve(strbuf *sb, size_t total);
 void sb_add(strbuf *sb, const void *data, size_t len);
 void sb_adds(strbuf *sb, const char *s);
 void sb_addc(strbuf *sb, char c);

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "testlib.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -271,6 +272,219 @@ static void t_stat_cache_reads_nothing_unchanged(void)
     free(ws), free(src);
 }
 
+/* The stat cache does not look at every cached blob: only at those in blob store directories
+ * whose stamp changed since it was written.  Needs stamps older than the racy margin (1 s),
+ * so this test sleeps once. */
+static long long blobs_checked(const char *ws, const char *src, json_t **out)
+{
+    tl_result r = SNAP(ws, "create", src, "--output", "json", "-v", "-v");
+    TL_ASSERT_EXIT(r, 0);
+    const char *m = strstr(r.err ? r.err : "", "stat cache ");
+    const char *p = m ? strstr(m, " ms (") : NULL;
+    long long n = p ? strtoll(p + 5, NULL, 10) : -1;
+    *out = r.status == 0 ? tl_json(&r) : NULL;
+    tl_result_free(&r);
+    return n;
+}
+
+static void t_stat_cache_checks_blobs_only_where_the_store_changed(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    char name[32];
+    for (int i = 0; i < 40; i++) {
+        snprintf(name, sizeof name, "d%d/f%d.txt", i % 4, i);
+        put(src, name, name, 0644);
+    }
+    age_tree(src, 1600000000);
+    json_t *j1, *j2, *j3, *j4, *j5;
+    /* cold: nothing cached; the blob directories just written are too young to trust */
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j1), 0);
+    CU_ASSERT_EQUAL(jint(j1, "hashed_files"), 40);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j2), 40);
+    sleep(1);
+    struct timespec pause = {0, 200000000};
+    nanosleep(&pause, NULL);
+    /* every cached blob looked at once more, then their directories are trusted */
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j3), 40);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j4), 0);
+    CU_ASSERT_EQUAL(jint(j4, "hashed_files"), 0);
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j4, "id"));
+    /* a blob removed by hand changes its directory: that directory's blobs are looked at,
+     * the missing one is noticed and its file read and stored again */
+    json_t *s = show(ws, jstr(j4, "id"));
+    char *root = blob_root_for_ws(ws);
+    char *bp = blob_path(root, jstr(show_entry(s, "d2/f6.txt"), "sha256"));
+    CU_ASSERT_EQUAL(unlink(bp), 0);
+    long long checked = blobs_checked(ws, src, &j5);
+    CU_ASSERT(checked >= 1 && checked < 40);
+    CU_ASSERT_EQUAL(jint(j5, "hashed_files"), 1);
+    CU_ASSERT_EQUAL(jint(j5, "new_bytes"), (long long)strlen("d2/f6.txt"));
+    CU_ASSERT_EQUAL(access(bp, F_OK), 0);
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j5, "id"));
+    free(bp), free(root);
+    json_decref(s), json_decref(j1), json_decref(j2), json_decref(j3), json_decref(j4);
+    json_decref(j5);
+    free(ws), free(src);
+}
+
+/* With every file vouched for by the stat cache, the manifest recorded with the cache is
+ * reused; anything else the manifest says (directories, their modes, symlinks, files
+ * added or removed) must still give another id, and going back the first one. */
+static void t_unchanged_tree_reuses_manifest_only_when_identical(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    put(src, "a/one.txt", "one", 0644);
+    put(src, "b/two.txt", "two", 0644);
+    char *a = tl_path(src, "a"), *link = tl_path(src, "a/link"), *empty = tl_path(src, "c");
+    CU_ASSERT_EQUAL(symlink("one.txt", link), 0);
+    age_tree(src, 1600000000);
+    json_t *j0 = create_ok(ws, src), *j1 = create_ok(ws, src);
+    const char *id = jstr(j0, "id");
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), id);
+    CU_ASSERT_EQUAL(jint(j1, "hashed_files"), 0);
+    CU_ASSERT_EQUAL(jint(j1, "manifest_bytes"), jint(j0, "manifest_bytes"));
+    /* each change alone, then undone */
+    json_t *j;
+    CU_ASSERT_EQUAL(chmod(a, 0700), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(chmod(a, 0755), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(unlink(link), 0);
+    CU_ASSERT_EQUAL(symlink("../b/two.txt", link), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(unlink(link), 0);
+    CU_ASSERT_EQUAL(symlink("one.txt", link), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(mkdir(empty, 0755), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(rmdir(empty), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    /* a file gone: fewer files than cached entries */
+    char *two = tl_path(src, "b/two.txt");
+    CU_ASSERT_EQUAL(rename(two, empty), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_NOT_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    CU_ASSERT_EQUAL(rename(empty, two), 0);
+    j = create_ok(ws, src);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "id"), id);
+    json_decref(j);
+    free(two), free(a), free(link), free(empty);
+    json_decref(j0), json_decref(j1);
+    free(ws), free(src);
+}
+
+/* The stat cache is a file in the workspace: one cut short or overwritten is not used (every
+ * file is read again), never trusted in part, and the snapshot is the same. */
+static void t_damaged_stat_cache_is_not_used(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    char name[32];
+    for (int i = 0; i < 10; i++) {
+        snprintf(name, sizeof name, "d%d/f%d.txt", i % 2, i);
+        put(src, name, name, 0644);
+    }
+    age_tree(src, 1600000000);
+    json_t *j1 = create_ok(ws, src), *j2 = create_ok(ws, src);
+    CU_ASSERT_EQUAL(jint(j2, "hashed_files"), 0);
+    char *dir = tl_path(ws, "statcache");
+    DIR *d = opendir(dir);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    struct dirent *de;
+    char *file = NULL;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.')
+            file = tl_path(dir, de->d_name);
+    closedir(d);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(file);
+    struct stat st;
+    CU_ASSERT_EQUAL(stat(file, &st), 0);
+    CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+    /* cut short, then every byte after the header's first 8 turned to garbage */
+    for (int round = 0; round < 2; round++) {
+        if (round == 0) {
+            CU_ASSERT_EQUAL(truncate(file, st.st_size / 2), 0);
+        } else {
+            int fd = open(file, O_RDWR);
+            CU_ASSERT_FATAL(fd >= 0);
+            char junk[4096];
+            memset(junk, 0x5a, sizeof junk);
+            for (off_t off = 8; off < st.st_size; off += (off_t)sizeof junk)
+                CU_ASSERT(pwrite(fd, junk, sizeof junk, off) > 0);
+            close(fd);
+        }
+        json_t *j = create_ok(ws, src);
+        CU_ASSERT_EQUAL(jint(j, "hashed_files"), 10);
+        CU_ASSERT_STRING_EQUAL(jstr(j, "id"), jstr(j1, "id"));
+        json_decref(j);
+        CU_ASSERT_EQUAL(stat(file, &st), 0); /* written again whole */
+    }
+    free(file), free(dir);
+    json_decref(j1), json_decref(j2);
+    free(ws), free(src);
+}
+
+/* A tree of files only (no directory, no symlink: nothing in its shape) is recognised as
+ * unchanged too. */
+static void t_flat_tree_reuses_manifest(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    put(src, "a.py", "a", 0644);
+    put(src, "b.py", "b", 0644);
+    age_tree(src, 1600000000);
+    json_t *j1 = create_ok(ws, src), *j2 = create_ok(ws, src), *j3 = create_ok(ws, src);
+    CU_ASSERT_EQUAL(jint(j1, "hashed_files"), 2);
+    CU_ASSERT_EQUAL(jint(j3, "hashed_files"), 0);
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j2, "id"));
+    CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j3, "id"));
+    CU_ASSERT_EQUAL(jint(j3, "manifest_bytes"), jint(j1, "manifest_bytes"));
+    json_decref(j1), json_decref(j2), json_decref(j3);
+    free(ws), free(src);
+}
+
+/* The walk adds entries in byte order of their paths without sorting: names that sort
+ * before '/' ("a b", "a-b", "a.d", "a.txt") go between directory a's own entry and its
+ * contents, nested directories included. */
+static void t_walk_order_is_path_order(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
+    const char *files[] = {"a/x", "a/y/z", "a b", "a-b/c", "a.d/e", "a.d/e.f/g", "a.txt",
+                           "a0", "a/y.z", "a/y-z/w", "b", "A", "~", "a.d.x/q"};
+    for (size_t i = 0; i < CT_ARRAY_LEN(files); i++)
+        put(src, files[i], files[i], 0644);
+    tl_result r = SNAP(ws, "create", src, "--output", "json", "-v", "-v");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(!tl_contains(r.err, "sorting"));
+    json_t *j = tl_json(&r);
+    json_t *s = show(ws, jstr(j, "id"));
+    json_t *all = json_object_get(s, "files");
+    size_t i;
+    json_t *f;
+    const char *prev = NULL;
+    json_array_foreach(all, i, f) {
+        const char *p = jstr(f, "path");
+        if (prev)
+            CU_ASSERT(strcmp(prev, p) < 0);
+        prev = p;
+    }
+    CU_ASSERT_EQUAL(json_array_size(all), CT_ARRAY_LEN(files) + 7); /* + 7 directories */
+    json_decref(s), json_decref(j);
+    tl_result_free(&r);
+    free(ws), free(src);
+}
+
 /* ---- limits ------------------------------------------------------------------------------- */
 
 static void t_limit_files(void)
@@ -488,6 +702,13 @@ static void t_git_info(void)
     json_t *j2 = create_ok(ws, src);
     CU_ASSERT(json_is_true(json_object_get(json_object_get(j2, "git"), "dirty")));
     json_decref(j2);
+    /* a source directory below the checkout's root is in the checkout too */
+    put(src, "sub/deeper/x.py", "x", 0644);
+    char *sub = tl_path(src, "sub/deeper");
+    json_t *js = create_ok(ws, sub);
+    CU_ASSERT_STRING_EQUAL(jstr(json_object_get(js, "git"), "commit"), head);
+    json_decref(js);
+    free(sub);
     /* no git on PATH: no git info and no error */
     const char *const nogit[] = {"PATH=/nonexistent-ctarget-test", NULL};
     r = SNAP_ENV(ws, nogit, "create", src, "--output", "json");
@@ -862,6 +1083,11 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_same_tree_same_id);
     TL_ADD(s, t_change_new_id_parent_new_bytes);
     TL_ADD(s, t_stat_cache_reads_nothing_unchanged);
+    TL_ADD(s, t_stat_cache_checks_blobs_only_where_the_store_changed);
+    TL_ADD(s, t_unchanged_tree_reuses_manifest_only_when_identical);
+    TL_ADD(s, t_walk_order_is_path_order);
+    TL_ADD(s, t_damaged_stat_cache_is_not_used);
+    TL_ADD(s, t_flat_tree_reuses_manifest);
     TL_ADD(s, t_limit_files);
     TL_ADD(s, t_limit_bytes);
     TL_ADD(s, t_symlinks_and_fifo);
