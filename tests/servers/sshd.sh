@@ -116,16 +116,22 @@ start() {
     wait_port "$port"
 }
 
+descendants() {
+    for c in $(pgrep -P "$1" 2>/dev/null || true); do
+        echo "$c"
+        descendants "$c"
+    done
+}
+
 stop() {
     [ -f "$dir/pid" ] || return 0
     pid=$(cat "$dir/pid")
-    # the listener and the per-connection servers it forked (a real restart drops them too)
-    kids=$(pgrep -P "$pid" 2>/dev/null || true)
+    # the listener and every process of the connections it forked (a real restart drops
+    # them too), all listed before any is killed: an orphan would leave the list
+    all=$(descendants "$pid")
+    kill -STOP $all 2>/dev/null || true
     kill "$pid" 2>/dev/null || true
-    for k in $kids; do
-        kill -9 "$k" 2>/dev/null || true
-        for g in $(pgrep -P "$k" 2>/dev/null || true); do kill -9 "$g" 2>/dev/null || true; done
-    done
+    for k in $all; do kill -9 "$k" 2>/dev/null || true; done
     i=0
     while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.02; i=$((i + 1)); done
     kill -9 "$pid" 2>/dev/null || true
