@@ -94,20 +94,6 @@ static ssize_t read_full(int fd, unsigned char *buf, size_t len)
     return (ssize_t)got;
 }
 
-static int write_full(int fd, const unsigned char *p, size_t len)
-{
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static int same_stat(const struct stat *a, const struct stat *b)
 {
     return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
@@ -132,7 +118,7 @@ static ctarget_status stream_rest(worker *w, int fd, const char *abs, read_state
     }
     ssize_t n = HASH_CHUNK;
     for (;;) {
-        if (write_full(rs->tmp.fd, w->buf, (size_t)n) != 0) {
+        if (fd_write_all(rs->tmp.fd, w->buf, (size_t)n) != 0) {
             ct_err_errno(err, CTARGET_E_IO, errno, "blob store %s: cannot write a blob",
                          w->p->blob_root);
             return CTARGET_E_IO;
