@@ -16,7 +16,7 @@ step() { printf '\n==== %s\n' "$*"; }
 show_failures() {
     for log in "$1"/tests/*.log; do
         [ -f "$log" ] || continue
-        if grep -q '^FAIL\|^ERROR' "${log%.log}.trs" 2>/dev/null; then
+        if grep -q '^:test-result: \(FAIL\|ERROR\)' "${log%.log}.trs" 2>/dev/null; then
             echo "---- $log"
             tail -n 80 "$log"
         fi
