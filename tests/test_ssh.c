@@ -858,8 +858,19 @@ static void t14_sshd_stopped_mid_upload(void)
     long long t0 = tl_now_ms();
     while (stat(tree, &st) != 0 && tl_now_ms() - t0 < 10000)
         rl_sleep_ms(2);
+    /* Freeze the sending monitor so that the upload cannot finish on a fast machine before
+     * sshd is gone (a race the test would otherwise lose now and then): what is in flight
+     * (a few socket buffers) is far less than the 60 MB, so the upload stays cut. */
+    json_t *shown = rl_show(ws, id);
+    long mon = (long)json_integer_value(json_object_get(json_object_get(shown, "monitor"),
+                                                        "pid"));
+    json_decref(shown);
+    CU_ASSERT_FATAL(mon > 1);
+    CU_ASSERT_EQUAL(kill((pid_t)mon, SIGSTOP), 0);
+    rl_sleep_ms(200);
     int mid = stat(tree, &st) == 0 && stat(done_marker, &st) != 0;
     CU_ASSERT_EQUAL(sf_stop(&S3), 0);
+    CU_ASSERT_EQUAL(kill((pid_t)mon, SIGCONT), 0);
     CU_ASSERT(mid);
     if (!mid)
         printf("the upload was not caught in the middle (tree %s)\n", tree);

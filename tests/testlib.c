@@ -334,8 +334,6 @@ long long tl_now_ms(void)
 
 int tl_main(int argc, char **argv, const char *name, void (*add_tests)(CU_pSuite suite))
 {
-    (void)argc;
-    (void)argv;
     atexit(cleanup_tmpdirs);
     /* a hung test must not hang `make check`: the whole program gets 10 minutes */
     alarm(600);
@@ -343,16 +341,52 @@ int tl_main(int argc, char **argv, const char *name, void (*add_tests)(CU_pSuite
         return 99;
     CU_pSuite s = CU_add_suite(name, NULL, NULL);
     add_tests(s);
+    /* run only the tests whose names contain one of the arguments, or one of the words of
+     * $TL_ONLY (make check TESTS=tests/test_ssh TL_ONLY="t14 t16") */
+    char *only = NULL;
+    if (argc <= 1 && getenv("TL_ONLY") && *getenv("TL_ONLY"))
+        only = strdup(getenv("TL_ONLY"));
+    if (argc > 1 || only) {
+        CU_set_fail_on_inactive(CU_FALSE);
+        for (CU_pTest t = s->pTest; t; t = t->pNext) {
+            int want = 0;
+            for (int i = 1; i < argc && !want; i++)
+                want = strstr(t->pName, argv[i]) != NULL;
+            for (const char *w = only; w && *w && !want;) {
+                size_t n = strcspn(w, " ");
+                want = n && memmem(t->pName, strlen(t->pName), w, n) != NULL;
+                w += n + (w[n] == ' ');
+            }
+            CU_set_test_active(t, want ? CU_TRUE : CU_FALSE);
+        }
+    }
+    free(only);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned tests = CU_get_number_of_tests_run();
     unsigned failed = CU_get_number_of_tests_failed();
     unsigned asserts = CU_get_number_of_asserts();
     unsigned afailed = CU_get_number_of_failures();
+    /* the summary names the first failed assertion of each failed test, so that a one-line
+     * excerpt of a CI log still says where to look */
+    char line[1024];
+    int len = snprintf(line, sizeof line, "%s: %u passed, %u failed (%u assertions, %u failed)",
+                       name, tests - failed, failed, asserts, afailed);
+    const char *last = NULL;
+    int named = 0;
+    for (CU_pFailureRecord f = CU_get_failure_list(); f && len > 0 && len < 900; f = f->pNext) {
+        const char *tn = f->pTest && f->pTest->pName ? f->pTest->pName : "?";
+        if (last && !strcmp(last, tn))
+            continue;
+        last = tn;
+        len += snprintf(line + len, sizeof line - (size_t)len, "%s %s at line %u",
+                        named++ ? "," : "; failed:", tn, f->uiLineNumber);
+    }
+    if (len < 0 || (size_t)len >= sizeof line - 2)
+        len = (int)sizeof line - 2;
+    line[len] = '\n';
+    line[len + 1] = '\0';
     CU_cleanup_registry();
-    char line[256];
-    snprintf(line, sizeof line, "%s: %u passed, %u failed (%u assertions, %u failed)\n", name,
-             tests - failed, failed, asserts, afailed);
     fputs(line, stdout);
     /* fd 9 is the terminal running `make check` (AM_TESTS_FD_REDIRECT) */
     if (fcntl(9, F_GETFD) != -1) {
