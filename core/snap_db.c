@@ -519,20 +519,28 @@ ctarget_status snap_db_record(store *st, const snap_record *r, const snap_tree *
                               char **parent, ctarget_error *err)
 {
     *parent = NULL;
-    /* built before the transaction: the write lock is held as briefly as possible */
-    ctarget_status rc = store_begin(st, err);
-    if (rc)
-        return rc;
-    char *last = query_text(st, "SELECT last_snapshot FROM snapshot_sources WHERE source_dir = ?",
-                            r->source_dir);
-    rc = insert_row(st, r, last && strcmp(last, r->id) ? last : NULL, err);
+    ctarget_status rc = CTARGET_OK;
+    /* The same tree as this source's last snapshot (a warm re-snapshot of an unchanged
+     * tree): its row is there and nothing would change but a time nobody reads, so no write
+     * transaction (a WAL commit, and the frames the next process reads back). */
+    char *last = query_text(st, "SELECT last_snapshot FROM snapshot_sources WHERE source_dir = ?"
+                            " AND last_snapshot IN (SELECT id FROM snapshots)", r->source_dir);
+    int unchanged = last && !strcmp(last, r->id);
     free(last);
-    if (rc) {
-        store_rollback(st);
-        return rc;
+    if (!unchanged) {
+        if ((rc = store_begin(st, err)))
+            return rc;
+        last = query_text(st, "SELECT last_snapshot FROM snapshot_sources WHERE source_dir = ?",
+                          r->source_dir);
+        rc = insert_row(st, r, last && strcmp(last, r->id) ? last : NULL, err);
+        free(last);
+        if (rc) {
+            store_rollback(st);
+            return rc;
+        }
+        if ((rc = store_commit(st, err)))
+            return rc;
     }
-    if ((rc = store_commit(st, err)))
-        return rc;
     /* the cache is rewritten only when it would change; nothing durable rests on it */
     unsigned char head[SI_HEADER];
     build_header(cs, blob_root, t, r->source_dir, r->id, r->manifest_bytes,

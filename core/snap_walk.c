@@ -303,7 +303,7 @@ static void pool_start(stat_pool *p)
     pthread_cond_init(&p->idle, NULL);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     /* the walking thread is one of the cores */
-    size_t want = cpus > 1 ? (size_t)cpus - 1 : 0;
+    size_t want = cpus > 1 ? (size_t)cpus : 0;
     if (want > STAT_MAX_THREADS)
         want = STAT_MAX_THREADS;
     for (size_t i = 0; i < want; i++)
