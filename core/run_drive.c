@@ -306,7 +306,12 @@ static int do_poll(mon *m, ctarget_run_poll *p, ctarget_error *err)
     ctarget_error pe;
     ctarget_error_init(&pe);
     plugin_lock(pl);
-    ctarget_status rc = pl->run.poll(pl->ctx, &call, m->rt->t, &m->ri, m->poll_ms, p, &pe);
+    /* the first poll after submit (or reattach) returns at once: the run's state is
+     * recorded when the run starts, not when it first changes (a short script would show
+     * Running only as it ends) */
+    long wait = m->polled ? m->poll_ms : 0;
+    m->polled = 1;
+    ctarget_status rc = pl->run.poll(pl->ctx, &call, m->rt->t, &m->ri, wait, p, &pe);
     plugin_unlock(pl);
     mon_save_handle(m);
     if (rc)

@@ -27,6 +27,7 @@ typedef struct mon {
     json_t *handle;            /* run->handle, persisted when it changes */
     char *handle_text;
     long poll_ms;
+    int polled;                /* poll() has been called: later ones may wait for a change */
     int64_t cancel_sent_ms;    /* when cancel() was last called (0: not by this monitor) */
     int bad_metric_lines;
     int final;                 /* the run has ended: drain everything */

@@ -222,7 +222,12 @@ def v_begin(args):
     except OSError:
         pass
     recent.sort(reverse=True)
-    out_json({'have': have, 'recent': [s for _, s in recent[:8]]})
+    # an empty cache lacks everything: the plugin then need not ask which blobs are missing
+    try:
+        empty = not os.listdir(os.path.join(ROOT, 'blobs'))
+    except OSError:
+        empty = True
+    out_json({'have': have, 'recent': [s for _, s in recent[:8]], 'empty': empty})
 
 
 def v_missing(args):
