@@ -119,7 +119,10 @@ def main():
         t_cold = min(colds)
         shutil.copytree(tree, scratch, symlinks=True)
         git = "git -c user.name=b -c user.email=b@e"
-        shell("git init -q && git add -A && %s commit -q -m tree" % git, cwd=scratch)
+        # no automatic gc: it would pack the 10,000 new objects in the background while
+        # both sides are measured
+        shell("git init -q && git config gc.auto 0 && git add -A && %s commit -q -m tree" % git,
+              cwd=scratch)
         os.sync()
         ws = os.path.join(base, "ws0")
         create = [ct, "--workspace", ws, "-q", "snapshot", "create", tree, "--output", "json"]

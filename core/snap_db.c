@@ -85,7 +85,7 @@ static int fanout_of(const char *sha)
     return hexval(sha[0]) * 16 + hexval(sha[1]);
 }
 
-static void read_boot_id(char out[SI_BOOT])
+void snap_boot_id(char out[SI_BOOT])
 {
     memset(out, 0, SI_BOOT);
     FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
@@ -293,7 +293,7 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
     sb_init(&cs->shape);
     sb_init(&cs->stored_shape);
     cs->stored = SIZE_MAX;
-    read_boot_id(cs->boot);
+    snap_boot_id(cs->boot);
     fanout_stamps(blob_root, 0, cs->seen);
     unsigned char check[SNAP_FANOUT];
     memset(check, 1, sizeof check);

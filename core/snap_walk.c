@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ignore.h"
@@ -342,6 +343,8 @@ typedef struct walk {
     const snap_limits *lim;
     int truncated;
     int64_t start_ns;      /* monotonic */
+    const snap_dirs *hints; /* the listing cache as recorded (or NULL) */
+    snap_dirs_out *dout;   /* listings found this time (NULL: no listing cache) */
     int has_skip;          /* the workspace, when it lies inside the tree */
     dev_t skip_dev;
     ino_t skip_ino;
@@ -634,13 +637,40 @@ static int cmp_dent(const void *a, const void *b)
     return strcmp(((const dent *)a)->name, ((const dent *)b)->name);
 }
 
-/* Names in a directory, sorted so that walks (and warnings) are deterministic. */
+/* The recorded listing into l: the names block copied as the pool (each name follows its
+ * type byte and ends in a NUL). */
+static void cached_list(const snap_dir_names *c, dir_list *l)
+{
+    l->pool = xmalloc(c->len ? c->len : 1);
+    memcpy(l->pool, c->names, c->len);
+    l->pool_len = c->len;
+    l->v = xcalloc(c->n ? c->n : 1, sizeof *l->v);
+    size_t off = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        l->v[i].type = (unsigned char)l->pool[off];
+        l->v[i].name = l->pool + off + 1;
+        off += strlen(l->v[i].name) + 2;
+    }
+    l->n = c->n;
+}
+
+/* Names in a directory, sorted so that walks (and warnings) are deterministic: from the
+ * listing cache when the directory is as recorded there, else read (and recorded). */
 static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, dir_list *l,
                                ctarget_error *err)
 {
+    memset(l, 0, sizeof *l);
+    /* stat'ed before it is read: a name added after this changes the stamp */
+    struct stat ds;
+    int stamped = w->dout && fstat(dirfd, &ds) == 0;
+    snap_dir_names cached;
+    if (stamped && snap_dirs_get(w->hints, reldir, &ds, &cached)) {
+        cached_list(&cached, l);
+        snap_dirs_out_add(w->dout, reldir, &ds, 1, &cached);
+        return CTARGET_OK;
+    }
     int fd = dup(dirfd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    memset(l, 0, sizeof *l);
     if (!d) {
         ct_err_errno(err, CTARGET_E_IO, errno, "cannot read directory %s%s%s", w->root,
                      *reldir ? "/" : "", reldir);
@@ -676,6 +706,18 @@ static ctarget_status list_dir(walk *w, int dirfd, const char *reldir, dir_list 
     free(off);
     if (l->n)
         qsort(l->v, l->n, sizeof *l->v, cmp_dent);
+    if (stamped) {
+        strbuf b;
+        sb_init(&b);
+        sb_reserve(&b, l->pool_len + l->n);
+        for (size_t i = 0; i < l->n; i++) {
+            sb_add(&b, &l->v[i].type, 1);
+            sb_add(&b, l->v[i].name, strlen(l->v[i].name) + 1);
+        }
+        snap_dir_names found = {(const unsigned char *)b.data, b.len, l->n};
+        snap_dirs_out_add(w->dout, reldir, &ds, 0, &found);
+        sb_free(&b);
+    }
     return CTARGET_OK;
 }
 
@@ -849,10 +891,17 @@ static void compact(snap_tree *t)
 }
 
 ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *skip_dir,
-                         snap_tree *t, ctarget_error *err)
+                         const char *cache_dir, snap_tree *t, ctarget_error *err)
 {
     memset(t, 0, sizeof *t);
     walk w = {.root = root, .t = t, .lim = lim, .start_ns = time_mono_ns()};
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    snap_dirs_out dout;
+    snap_dirs_out_init(&dout, (int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+    snap_dirs *hints = cache_dir ? snap_dirs_load(cache_dir, root) : NULL;
+    w.hints = hints;
+    w.dout = cache_dir ? &dout : NULL;
     struct stat sk;
     if (skip_dir && stat(skip_dir, &sk) == 0) {
         w.has_skip = 1;
@@ -860,8 +909,11 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
         w.skip_ino = sk.st_ino;
     }
     ctarget_status rc = ignore_open(root, &w.ig, err);
-    if (rc)
+    if (rc) {
+        snap_dirs_free(hints);
+        snap_dirs_out_free(&dout);
         return rc;
+    }
     int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     pool_start(&w.pool);
     if (fd < 0) {
@@ -898,5 +950,11 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
     ignore_free(w.ig);
     if (rc)
         snap_tree_free(t);
+    else if (cache_dir)
+        snap_dirs_write(cache_dir, root, &dout);
+    log_msg(CTARGET_LOG_DEBUG, "snapshot walk: %zu directories read, %zu from the listing "
+            "cache", dout.listed, dout.reused);
+    snap_dirs_out_free(&dout);
+    snap_dirs_free(hints);
     return rc;
 }

@@ -192,7 +192,7 @@ ctarget_status ctarget_snapshot_create(ctarget_ws *ws, const char *dir,
         return rc;
     int64_t start_ns = wall_ns(), w0 = time_mono_ns();
     snap_tree t;
-    rc = snap_walk(source, &lim, ws->dir, &t, err);
+    rc = snap_walk(source, &lim, ws->dir, ws->dir, &t, err);
     log_msg(CTARGET_LOG_DEBUG, "snapshot walk: %zu entries in %.1f ms", t.n,
             (time_mono_ns() - w0) / 1e6);
     if (!rc)

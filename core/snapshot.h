@@ -44,6 +44,7 @@
 #define CTARGET_CORE_SNAPSHOT_H
 
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -113,9 +114,41 @@ typedef struct snap_limits {
 
 /* Walk root honouring the ignore rules; fails with CTARGET_E_LIMIT before anything is read
  * when the limits are exceeded.  skip_dir (the workspace, or NULL) is left out wherever it
- * appears in the tree.  t comes back sorted. */
+ * appears in the tree.  t comes back sorted.  cache_dir (the workspace, or NULL): where the
+ * listing cache of root is read and written (snap_dirs.c). */
 ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *skip_dir,
-                         snap_tree *t, ctarget_error *err);
+                         const char *cache_dir, snap_tree *t, ctarget_error *err);
+
+/* ---- the listing cache (snap_dirs.c) ----------------------------------------------------- */
+typedef struct snap_dirs snap_dirs;
+typedef struct snap_dir_names {
+    const unsigned char *names;   /* n times: d_type byte, name, NUL; sorted */
+    size_t len, n;
+} snap_dir_names;
+typedef struct snap_dirs_out {
+    struct strbuf records;
+    size_t n;                     /* records kept (not racily clean) */
+    size_t listed;                /* directories read with readdir this time */
+    size_t reused;                /* directories whose recorded listing was used */
+    int64_t walk_start_ns;        /* wall clock before the first directory was looked at */
+} snap_dirs_out;
+/* The listing cache of source in ws_dir, or NULL when there is none usable. */
+snap_dirs *snap_dirs_load(const char *ws_dir, const char *source);
+void snap_dirs_free(snap_dirs *d);
+/* 1 and the recorded names when rel ("" for the source) was recorded with exactly st's
+ * mtime, ctime, inode and device. */
+int snap_dirs_get(const snap_dirs *d, const char *rel, const struct stat *st,
+                  snap_dir_names *out);
+void snap_dirs_out_init(snap_dirs_out *o, int64_t walk_start_ns);
+void snap_dirs_out_free(snap_dirs_out *o);
+/* The listing of rel as found now (reused: it came from the cache). */
+void snap_dirs_out_add(snap_dirs_out *o, const char *rel, const struct stat *st, int reused,
+                       const snap_dir_names *names);
+/* Write the listings gathered, unless every one came from the cache. */
+void snap_dirs_write(const char *ws_dir, const char *source, const snap_dirs_out *o);
+char *snap_dirs_path(const char *ws_dir, const char *source);
+/* This boot's id (40 bytes, NUL-padded; "" when unknown). */
+void snap_boot_id(char out[40]);
 /* Limits from opts (nonzero wins), else the environment, else the defaults. */
 ctarget_status snap_limits_resolve(uint64_t opt_bytes, uint64_t opt_files, snap_limits *lim,
                                    ctarget_error *err);
