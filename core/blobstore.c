@@ -9,12 +9,44 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <linux/fs.h>
 
 #include "crypto_lib.h"
 
 #include "util.h"
+
+/* The store's root, made the top of a directory hierarchy (chattr +T) when it is created.
+ * ext4's allocator then spreads its subdirectories over the block groups instead of
+ * keeping them beside the root, and a new blob's inode comes from its directory's group
+ * (tmp/ for the temporaries that become blobs).  Where many files were deleted moments
+ * before, as in a scratch directory, every new inode of that group is found only after
+ * walking past the recently freed ones (ext4 without a journal skips them for a minute or
+ * more): a cold snapshot of 10,000 files took 1.4-1.8 s there, 0.65-0.8 s in a group of
+ * its own.  Other file systems refuse the flag, which changes nothing. */
+static int make_root(const char *root)
+{
+    struct stat st;
+    if (stat(root, &st) == 0)
+        return 0;
+    if (mkdir_p(root, 0700) != 0)
+        return -1;
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        int flags = 0;
+        if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && !(flags & FS_TOPDIR_FL)) {
+            flags |= FS_TOPDIR_FL;
+            if (ioctl(fd, FS_IOC_SETFLAGS, &flags) != 0) {
+                /* not supported here: nothing to do */
+            }
+        }
+        close(fd);
+    }
+    return 0;
+}
 
 char *blob_path(const char *blob_root, const char *sha256_hex)
 {
@@ -133,8 +165,9 @@ static int open_tmp(const char *dir_, blob_tmp *t)
     return t->fd;
 }
 
-/* A temporary in dir, made only when missing (this runs once per file hashed). */
-static int tmp_open_in(const char *dir, blob_tmp *t)
+/* A temporary in dir (under root), made only when missing (this runs once per file
+ * hashed). */
+static int tmp_open_in(const char *root, const char *dir, blob_tmp *t)
 {
     t->fd = -1;
     t->path = NULL;
@@ -142,13 +175,13 @@ static int tmp_open_in(const char *dir, blob_tmp *t)
         return 0;
     if (errno != ENOENT)
         return -1;
-    return mkdir_p(dir, 0700) == 0 && open_tmp(dir, t) >= 0 ? 0 : -1;
+    return make_root(root) == 0 && mkdir_p(dir, 0700) == 0 && open_tmp(dir, t) >= 0 ? 0 : -1;
 }
 
 int blob_tmp_open(const char *root, blob_tmp *t)
 {
     char *dir = path_join(root, "tmp");
-    int r = tmp_open_in(dir, t);
+    int r = tmp_open_in(root, dir, t);
     int e = errno;
     free(dir);
     errno = e;
@@ -240,7 +273,7 @@ ctarget_status blob_put_mem(const char *root, const char *sha, const void *data,
     blob_tmp t;
     char *final = blob_path(root, sha);
     final[strlen(root) + 3] = '\0';
-    int r = tmp_open_in(final, &t);
+    int r = tmp_open_in(root, final, &t);
     free(final);
     if (r != 0) {
         ct_err_errno(err, CTARGET_E_IO, errno, "blob store %s: cannot create a temporary file",
@@ -257,7 +290,7 @@ ctarget_status blob_put_mem(const char *root, const char *sha, const void *data,
 
 int blob_lock(const char *root, int exclusive, ctarget_error *err)
 {
-    if (mkdir_p(root, 0700) != 0) {
+    if (make_root(root) != 0) {
         ct_err_errno(err, CTARGET_E_IO, errno, "blob store: cannot create %s", root);
         return -1;
     }
