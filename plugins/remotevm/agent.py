@@ -47,6 +47,34 @@ def mkdirs(p):
     os.makedirs(p, 0o700, exist_ok=True)
 
 
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+
+
+def top_mkdirs(p):
+    """A directory whose subdirectories hold many new files (runs/, blobs/): made the top of
+    a hierarchy (chattr +T) when created, so that ext4 spreads its subdirectories over block
+    groups and a new run's files do not queue behind the inodes freed by old ones.  Best
+    effort: other file systems refuse the flag."""
+    if os.path.isdir(p):
+        return
+    mkdirs(p)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        flags = int.from_bytes(buf[:4], sys.byteorder)
+        if not flags & FS_TOPDIR_FL:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, (flags | FS_TOPDIR_FL).to_bytes(4, sys.byteorder) +
+                        bytes(4))
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(fd)
+
+
 def blob_path(sha):
     return os.path.join(ROOT, 'blobs', sha[:2], sha)
 
@@ -481,8 +509,10 @@ def v_receive(args):
     not have it yet."""
     sid = ok_sha(args[0])
     rid = args[1] if len(args) > 1 else None
+    top_mkdirs(os.path.join(ROOT, 'runs'))
+    top_mkdirs(os.path.join(ROOT, 'blobs'))
     tmpd = os.path.join(ROOT, 'tmp')
-    mkdirs(tmpd)
+    top_mkdirs(tmpd)
     mkdirs(os.path.join(ROOT, 'snapshots'))
     clean_tmp(tmpd)
     t = TarIn(sys.stdin.buffer)
