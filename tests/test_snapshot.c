@@ -630,7 +630,11 @@ static void t_unreadable_fails_naming_it(void)
 static void t_changing_file_never_stored_torn(void)
 {
     char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
-    put_size(src, "log.bin", 4 << 20, 'l');
+    /* big enough that each read takes tens of milliseconds: the writer, even with the CPU
+     * shared by parallel tests, appends during every one of them (with 4 MB, a read could
+     * fall between two of its time slices and find the file still) */
+    const off_t size = 32 << 20;
+    put_size(src, "log.bin", (size_t)size, 'l');
     char *p = tl_path(src, "log.bin");
     pid_t pid = fork();
     CU_ASSERT_FATAL(pid >= 0);
@@ -642,7 +646,12 @@ static void t_changing_file_never_stored_torn(void)
                 break;
         _exit(0);
     }
-    usleep(20000);
+    /* the writer is running before the snapshot starts */
+    struct stat st = {0};
+    for (long long end = tl_now_ms() + 10000; tl_now_ms() < end; usleep(1000))
+        if (stat(p, &st) == 0 && st.st_size > size + 100)
+            break;
+    CU_ASSERT(st.st_size > size + 100);
     tl_result r = SNAP(ws, "create", src);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
