@@ -31,14 +31,18 @@ def die(code, msg):
     raise Fail(code, msg)
 
 
+ID_RE = re.compile(r'^[0-9A-Za-z._-]{1,200}$').match
+SHA_RE = re.compile(r'^[0-9a-f]{64}$').match  # called for every blob: compiled once
+
+
 def ok_id(s, what):
-    if not re.match(r'^[0-9A-Za-z._-]{1,200}$', s) or s in ('.', '..'):
+    if not ID_RE(s) or s in ('.', '..'):
         die(2, 'bad %s %r' % (what, s))
     return s
 
 
 def ok_sha(s):
-    if not re.match(r'^[0-9a-f]{64}$', s):
+    if not SHA_RE(s):
         die(2, 'bad sha256 %r' % s)
     return s
 
@@ -163,6 +167,23 @@ def parse_entry(line):
         die(3, 'bad manifest line %r' % line[:80])
     e['bpath'] = os.fsencode(e['path'])
     return e
+
+
+def parse_entries(lines):
+    """Every line's entry, parsed as one JSON array (10,000 json.loads calls cost a tenth of
+    a second); any doubt (a line that is not one object) and each line is parsed alone, so
+    the error names it."""
+    try:
+        text = b'[' + b','.join(l.rstrip(b'\n') for l in lines) + b']'
+        es = json.loads(text.decode('utf-8', 'surrogateescape'))
+    except ValueError:
+        es = None
+    if not isinstance(es, list) or len(es) != len(lines) or \
+            not all(isinstance(e, dict) and isinstance(e.get('path'), str) for e in es):
+        return [parse_entry(l) for l in lines]
+    for e in es:
+        e['bpath'] = os.fsencode(e['path'])
+    return es
 
 
 def check_path(p):
@@ -421,8 +442,7 @@ class Builder(object):
         self.need = {}        # sha -> [(path, mode, size)]
         self.written = set()  # shas whose files exist
         known = {b''}
-        for l in lines:
-            e = parse_entry(l)
+        for e in parse_entries(lines):
             p = e['bpath']
             check_path(p)
             if p.rpartition(b'/')[0] not in known:
