@@ -441,30 +441,36 @@ static void build_entries(const snap_tree *t, strbuf *sb)
     }
 }
 
-/* Write the record as the source's cache file: a temporary file renamed into place. */
-static void write_cache(const char *ws_dir, const char *source, const strbuf *rec)
+void snap_cache_write(const char *ws_dir, const char *path, const void *data, size_t len,
+                      const char *what)
 {
     char *dir = path_join(ws_dir, "statcache");
-    char *path = cache_file(ws_dir, source);
     char *tmp = xasprintf("%s/.tmp-%ld-%lld", dir, (long)getpid(),
                           (long long)(time_mono_ns() % 1000000000));
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        log_msg(CTARGET_LOG_DEBUG, "stat cache not kept: cannot create %s: %s", dir,
+        log_msg(CTARGET_LOG_DEBUG, "%s not kept: cannot create %s: %s", what, dir,
                 strerror(errno));
     } else {
         int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        int ok = fd >= 0 && fd_write_all(fd, rec->data, rec->len) == 0;
+        int ok = fd >= 0 && fd_write_all(fd, data, len) == 0;
         if (fd >= 0 && close(fd) != 0)
             ok = 0;
         if (!ok || rename(tmp, path) != 0) {
-            log_msg(CTARGET_LOG_DEBUG, "stat cache not kept: cannot write %s: %s", path,
+            log_msg(CTARGET_LOG_DEBUG, "%s not kept: cannot write %s: %s", what, path,
                     strerror(errno));
             unlink(tmp);
         }
     }
     free(tmp);
-    free(path);
     free(dir);
+}
+
+/* Write the record as the source's cache file. */
+static void write_cache(const char *ws_dir, const char *source, const strbuf *rec)
+{
+    char *path = cache_file(ws_dir, source);
+    snap_cache_write(ws_dir, path, rec->data, rec->len, "stat cache");
+    free(path);
 }
 
 static char *query_text(store *st, const char *sql, const char *arg)

@@ -272,25 +272,8 @@ void snap_dirs_write(const char *ws_dir, const char *source, const snap_dirs_out
     sb_add(&b, source, srclen);
     sb_add(&b, zeros, pad8(srclen) - srclen);
     sb_add(&b, o->records.data ? o->records.data : "", o->records.len);
-    char *dir = path_join(ws_dir, "statcache");
     char *path = snap_dirs_path(ws_dir, source);
-    char *tmp = xasprintf("%s.tmp-%ld", path, (long)getpid());
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        log_msg(CTARGET_LOG_DEBUG, "listing cache not kept: cannot create %s: %s", dir,
-                strerror(errno));
-    } else {
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-        int ok = fd >= 0 && fd_write_all(fd, b.data, b.len) == 0;
-        if (fd >= 0 && close(fd) != 0)
-            ok = 0;
-        if (!ok || rename(tmp, path) != 0) {
-            log_msg(CTARGET_LOG_DEBUG, "listing cache not kept: cannot write %s: %s", path,
-                    strerror(errno));
-            unlink(tmp);
-        }
-    }
-    free(tmp);
+    snap_cache_write(ws_dir, path, b.data, b.len, "listing cache");
     free(path);
-    free(dir);
     sb_free(&b);
 }

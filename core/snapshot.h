@@ -147,6 +147,10 @@ void snap_dirs_out_add(snap_dirs_out *o, const char *rel, const struct stat *st,
 /* Write the listings gathered, unless every one came from the cache. */
 void snap_dirs_write(const char *ws_dir, const char *source, const snap_dirs_out *o);
 char *snap_dirs_path(const char *ws_dir, const char *source);
+/* Replace path (a file of <ws_dir>/statcache) with data: a temporary renamed into place,
+ * never fsync'ed (caches are per boot); failures only logged, as `what` not kept. */
+void snap_cache_write(const char *ws_dir, const char *path, const void *data, size_t len,
+                      const char *what);
 /* This boot's id (40 bytes, NUL-padded; "" when unknown). */
 void snap_boot_id(char out[40]);
 /* Limits from opts (nonzero wins), else the environment, else the defaults. */

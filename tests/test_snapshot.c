@@ -133,6 +133,24 @@ static int count_blobs(const char *ws)
     return n;
 }
 
+/* The workspace's stat cache file (listing 0) or listing cache file (listing 1) of the one
+ * source snapshotted there, or NULL. */
+static char *cache_path(const char *ws, int listing)
+{
+    char *dir = tl_path(ws, "statcache"), *file = NULL;
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        if (de->d_name[0] != '.' && !strstr(de->d_name, ".dirs") == !listing) {
+            free(file);
+            file = tl_path(dir, de->d_name);
+        }
+    if (d)
+        closedir(d);
+    free(dir);
+    return file;
+}
+
 /* ---- identity ----------------------------------------------------------------------------- */
 
 /* The manifest is exactly plugin.h's format and the id is the sha256 of its entry lines. */
@@ -399,15 +417,7 @@ static void t_damaged_stat_cache_is_not_used(void)
     age_tree(src, 1600000000);
     json_t *j1 = create_ok(ws, src), *j2 = create_ok(ws, src);
     CU_ASSERT_EQUAL(jint(j2, "hashed_files"), 0);
-    char *dir = tl_path(ws, "statcache");
-    DIR *d = opendir(dir);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
-    struct dirent *de;
-    char *file = NULL;
-    while ((de = readdir(d)))
-        if (de->d_name[0] != '.' && !strstr(de->d_name, ".dirs")) /* not the listing cache */
-            file = tl_path(dir, de->d_name);
-    closedir(d);
+    char *file = cache_path(ws, 0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(file);
     struct stat st;
     CU_ASSERT_EQUAL(stat(file, &st), 0);
@@ -431,7 +441,7 @@ static void t_damaged_stat_cache_is_not_used(void)
         json_decref(j);
         CU_ASSERT_EQUAL(stat(file, &st), 0); /* written again whole */
     }
-    free(file), free(dir);
+    free(file);
     json_decref(j1), json_decref(j2);
     free(ws), free(src);
 }
@@ -1161,15 +1171,7 @@ static void t_listing_cache(void)
     CU_ASSERT_PTR_NULL(show_entry(s4, "a/y.log"));
 
     /* a damaged or cut cache file is not used: everything is read, the same tree results */
-    char *sc = tl_path(ws, "statcache");
-    DIR *d = opendir(sc);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
-    struct dirent *de;
-    char *dirs = NULL;
-    while ((de = readdir(d)))
-        if (strstr(de->d_name, ".dirs"))
-            dirs = tl_path(sc, de->d_name);
-    closedir(d);
+    char *dirs = cache_path(ws, 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(dirs);
     struct stat st;
     CU_ASSERT_EQUAL(stat(dirs, &st), 0);
@@ -1189,7 +1191,7 @@ static void t_listing_cache(void)
     CU_ASSERT_EQUAL(ca, 0);
     CU_ASSERT_STRING_EQUAL(jstr(j5, "id"), jstr(j4, "id"));
 
-    free(dirs), free(sc), free(y);
+    free(dirs), free(y);
     json_decref(s3), json_decref(s4);
     json_decref(j1), json_decref(j2), json_decref(j3), json_decref(j4), json_decref(j5);
     free(ws), free(src);
