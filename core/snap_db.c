@@ -213,12 +213,12 @@ static size_t pad8(size_t n)
 
 /* <ws>/statcache/<64-bit FNV-1a of the source path, hex>; the path itself is in the file,
  * so two sources with the same hash only take turns. */
-static char *cache_file(const char *ws_dir, const char *source)
+char *snap_cache_path(const char *ws_dir, const char *source, const char *suffix)
 {
     uint64_t h = UINT64_C(0xcbf29ce484222325);
     for (const unsigned char *c = (const unsigned char *)source; *c; c++)
         h = (h ^ *c) * UINT64_C(0x100000001b3);
-    return xasprintf("%s/statcache/%016llx", ws_dir, (unsigned long long)h);
+    return xasprintf("%s/statcache/%016llx%s", ws_dir, (unsigned long long)h, suffix);
 }
 
 /* Merge the stored entries (sorted like the tree) into t; returns how many were stored, or
@@ -297,7 +297,7 @@ ctarget_status snap_db_apply_cache(store *st, const char *source, const char *bl
     fanout_stamps(blob_root, 0, cs->seen);
     unsigned char check[SNAP_FANOUT];
     memset(check, 1, sizeof check);
-    char *path = cache_file(st->dir, source);
+    char *path = snap_cache_path(st->dir, source, "");
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     free(path);
     struct stat sb;
@@ -468,7 +468,7 @@ void snap_cache_write(const char *ws_dir, const char *path, const void *data, si
 /* Write the record as the source's cache file. */
 static void write_cache(const char *ws_dir, const char *source, const strbuf *rec)
 {
-    char *path = cache_file(ws_dir, source);
+    char *path = snap_cache_path(ws_dir, source, "");
     snap_cache_write(ws_dir, path, rec->data, rec->len, "stat cache");
     free(path);
 }

@@ -71,14 +71,6 @@ static int64_t ts_ns(struct timespec ts)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-char *snap_dirs_path(const char *ws_dir, const char *source)
-{
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    for (const unsigned char *c = (const unsigned char *)source; *c; c++)
-        h = (h ^ *c) * UINT64_C(0x100000001b3);
-    return xasprintf("%s/statcache/%016llx.dirs", ws_dir, (unsigned long long)h);
-}
-
 static int cmp_rec(const void *a, const void *b)
 {
     const sd_rec *x = a, *y = b;
@@ -110,7 +102,7 @@ snap_dirs *snap_dirs_load(const char *ws_dir, const char *source)
     snap_boot_id(boot);
     if (!boot[0])
         return NULL;
-    char *path = snap_dirs_path(ws_dir, source);
+    char *path = snap_cache_path(ws_dir, source, ".dirs");
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     free(path);
     if (fd < 0)
@@ -253,7 +245,7 @@ void snap_dirs_write(const char *ws_dir, const char *source, const snap_dirs_out
     snap_boot_id(boot);
     if (!boot[0] || !o->n) {
         /* nothing worth keeping (every directory changed within the racy margin) */
-        char *path = snap_dirs_path(ws_dir, source);
+        char *path = snap_cache_path(ws_dir, source, ".dirs");
         unlink(path);
         free(path);
         return;
@@ -272,7 +264,7 @@ void snap_dirs_write(const char *ws_dir, const char *source, const snap_dirs_out
     sb_add(&b, source, srclen);
     sb_add(&b, zeros, pad8(srclen) - srclen);
     sb_add(&b, o->records.data ? o->records.data : "", o->records.len);
-    char *path = snap_dirs_path(ws_dir, source);
+    char *path = snap_cache_path(ws_dir, source, ".dirs");
     snap_cache_write(ws_dir, path, b.data, b.len, "listing cache");
     free(path);
     sb_free(&b);

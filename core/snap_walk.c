@@ -303,7 +303,8 @@ static void pool_start(stat_pool *p)
     pthread_cond_init(&p->more, NULL);
     pthread_cond_init(&p->idle, NULL);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    /* the walking thread is one of the cores */
+    /* one helper per core besides the walking thread: while the walker reads a directory
+     * or waits, both cores still stat */
     size_t want = cpus > 1 ? (size_t)cpus : 0;
     if (want > STAT_MAX_THREADS)
         want = STAT_MAX_THREADS;

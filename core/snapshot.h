@@ -146,7 +146,9 @@ void snap_dirs_out_add(snap_dirs_out *o, const char *rel, const struct stat *st,
                        const snap_dir_names *names);
 /* Write the listings gathered, unless every one came from the cache. */
 void snap_dirs_write(const char *ws_dir, const char *source, const snap_dirs_out *o);
-char *snap_dirs_path(const char *ws_dir, const char *source);
+/* <ws_dir>/statcache/<hash of source><suffix>: the stat cache (suffix ""), the listing
+ * cache (".dirs"). */
+char *snap_cache_path(const char *ws_dir, const char *source, const char *suffix);
 /* Replace path (a file of <ws_dir>/statcache) with data: a temporary renamed into place,
  * never fsync'ed (caches are per boot); failures only logged, as `what` not kept. */
 void snap_cache_write(const char *ws_dir, const char *path, const void *data, size_t len,
