@@ -912,18 +912,43 @@ static void t14_sshd_stopped_mid_upload(void)
 
 /* ---- 15. the monitor killed ----------------------------------------------------------------- */
 
+/* A NUMBERED run on vmrun, submitted and seen Running for a moment; its id (src: owned). */
+static char *numbered_running(const char *ws, char **src)
+{
+    *src = source(NUMBERED);
+    tl_result r = submit(ws, "vmrun", *src, NULL, NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    char *id = id_of(&r);
+    tl_result_free(&r);
+    if (id) {
+        CU_ASSERT(rl_wait_for(ws, id, "Running", 15000));
+        rl_sleep_ms(400);
+    }
+    return id;
+}
+
+/* The run ends Completed with every numbered line exactly once (after: what happened). */
+static void numbered_completed(const char *ws, const char *id, const char *after)
+{
+    CU_ASSERT_EQUAL(wait_run(ws, id, 60), 0);
+    json_t *j = rl_show(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    json_decref(j);
+    char *log = run_logs(ws, id), *want = numbered_log();
+    CU_ASSERT_STRING_EQUAL(log, want);
+    if (strcmp(log ? log : "", want))
+        printf("log after %s:\n%s", after, log);
+    free(want);
+    free(log);
+}
+
 static void t15_monitor_killed(void)
 {
     const char *ws = run_ws();
     CU_ASSERT_FATAL(ws != NULL);
-    char *src = source(NUMBERED);
-    tl_result r = submit(ws, "vmrun", src, NULL, NULL, NULL);
-    TL_ASSERT_EXIT(r, 0);
-    char *id = id_of(&r);
-    tl_result_free(&r);
+    char *src;
+    char *id = numbered_running(ws, &src);
     CU_ASSERT_FATAL(id != NULL);
-    CU_ASSERT(rl_wait_for(ws, id, "Running", 15000));
-    rl_sleep_ms(400);
     json_t *j = rl_show(ws, id);
     json_t *m = json_object_get(j, "monitor");
     long pid = (long)json_integer_value(json_object_get(m, "pid"));
@@ -935,17 +960,10 @@ static void t15_monitor_killed(void)
         for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++)
             rl_sleep_ms(10);
     }
-    CU_ASSERT_EQUAL(wait_run(ws, id, 60), 0);
+    numbered_completed(ws, id, "the monitor was killed");
     j = rl_show(ws, id);
-    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
     CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "monitor"), "starts")) >= 2);
     json_decref(j);
-    char *log = run_logs(ws, id), *want = numbered_log();
-    CU_ASSERT_STRING_EQUAL(log, want);
-    if (strcmp(log ? log : "", want))
-        printf("log after the monitor was killed:\n%s", log);
-    free(want);
-    free(log);
     free(id);
     free(src);
 }
@@ -956,25 +974,11 @@ static void t16_sshd_restarted_mid_run(void)
 {
     const char *ws = run_ws();
     CU_ASSERT_FATAL(ws != NULL);
-    char *src = source(NUMBERED);
-    tl_result r = submit(ws, "vmrun", src, NULL, NULL, NULL);
-    TL_ASSERT_EXIT(r, 0);
-    char *id = id_of(&r);
-    tl_result_free(&r);
+    char *src;
+    char *id = numbered_running(ws, &src);
     CU_ASSERT_FATAL(id != NULL);
-    CU_ASSERT(rl_wait_for(ws, id, "Running", 15000));
-    rl_sleep_ms(400);
     CU_ASSERT_EQUAL(sf_restart(&S), 0);
-    CU_ASSERT_EQUAL(wait_run(ws, id, 60), 0);
-    json_t *j = rl_show(ws, id);
-    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
-    json_decref(j);
-    char *log = run_logs(ws, id), *want = numbered_log();
-    CU_ASSERT_STRING_EQUAL(log, want);
-    if (strcmp(log ? log : "", want))
-        printf("log after sshd restarted:\n%s", log);
-    free(want);
-    free(log);
+    numbered_completed(ws, id, "sshd restarted");
     free(id);
     free(src);
 }
