@@ -9,10 +9,10 @@
 usage: bench/snapshot.py CTARGET [--files N] [--mb N] [--keep]
 The tree (default 10,000 files / 200 MB, mixed sizes, nested folders, with an .amlignore and
 ignored files beside them) is generated under $TMPDIR and removed afterwards.  Every timing
-is the best of three runs (of ten, taking turns, for the warm re-snapshot and git status), with
-the page cache warm for both sides.  Each cold run uses a
-new workspace (never one just deleted: ext4's allocator then scans recently freed inodes and
-the figure measures that, not ctarget).
+is the best of three runs (of ten, taking turns, for the warm re-snapshot and git status),
+with the page cache warm for both sides.  Each cold run uses a new workspace (never one just
+deleted: ext4's allocator then scans recently freed inodes and the figure measures that, not
+ctarget).
 """
 import json
 import os
