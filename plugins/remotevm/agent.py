@@ -296,30 +296,51 @@ def v_missing(args):
 
 
 class TarIn(object):
-    """Streaming ustar/pax reader over stdin: (name, size) then the data in chunks."""
+    """Streaming ustar/pax reader: (name, type, size), then the entry's data in views.  The
+    input is read in large pieces into one buffer: headers, padding and small files come out
+    of it without a read of their own (10,000 files were 30,000 reads)."""
+
+    BUF = 4 << 20
+    PIECE = 1 << 18
 
     def __init__(self, f):
         self.f = f
+        self.buf = bytearray(self.BUF)
+        self.mv = memoryview(self.buf)
+        self.pos = self.end = 0
 
-    def read_exact(self, n):
-        b = self.f.read(n)
-        while len(b) < n:
-            more = self.f.read(n - len(b))
-            if not more:
-                die(3, 'the upload ended early (connection dropped?)')
-            b += more
+    def more(self, need):
+        """Buffer at least `need` (<= BUF) bytes from pos; False when the input ends first."""
+        if self.end - self.pos >= need:
+            return True
+        if self.pos:  # keep what is left at the front
+            left = bytes(self.mv[self.pos:self.end])
+            self.buf[:len(left)] = left
+            self.pos, self.end = 0, len(left)
+        while self.end - self.pos < need:
+            k = self.f.readinto(self.mv[self.end:min(self.BUF, self.end + self.PIECE)])
+            if not k:
+                return False
+            self.end += k
+        return True
+
+    def take(self, n):
+        if not self.more(n):
+            die(3, 'the upload ended early (connection dropped?)')
+        b = self.mv[self.pos:self.pos + n]
+        self.pos += n
         return b
 
     def entries(self):
         pax_size = None
         pax_path = None
         while True:
-            h = self.f.read(512)
-            if len(h) < 512:
-                if not h:
+            if not self.more(512):
+                if self.pos == self.end:
                     return
-                h += self.read_exact(512 - len(h))
-            if h == b'\0' * 512:
+                die(3, 'the upload ended early (connection dropped?)')
+            h = bytes(self.take(512))
+            if h == ZERO_BLOCK:
                 return
             chk = sum(h[:148]) + 256 + sum(h[156:])
             try:
@@ -338,8 +359,10 @@ class TarIn(object):
                 size = int(sf.split(b'\0')[0].strip() or b'0', 8)
             typ = h[156:157]
             if typ in (b'x', b'g'):
-                data = self.read_exact(size)
-                self.read_exact((-size) % 512)
+                if size > 1 << 20:
+                    die(3, 'a pax header of %d bytes' % size)
+                data = bytes(self.take(size))
+                self.take((-size) % 512)
                 if typ == b'x':
                     pos = 0
                     while pos < len(data):
@@ -360,20 +383,23 @@ class TarIn(object):
             pax_size = pax_path = None
             yield name, typ, size
             # the consumer must read exactly `size` bytes through self.read_data
-            self.read_exact((-size) % 512)
+            self.take((-size) % 512)
 
     def read_data(self, size):
-        """The entry's bytes as views of one reused buffer (a new 1 MiB object per read
-        cost more than the copy): each view is valid until the next one."""
-        if not hasattr(self, 'view'):
-            self.view = memoryview(bytearray(CHUNK))
+        """The entry's bytes as views of the buffer, each valid until the next one."""
         left = size
         while left:
-            n = self.f.readinto(self.view[:min(CHUNK, left)])
-            if not n:
-                die(3, 'the upload ended early (connection dropped?)')
+            if self.pos == self.end:
+                self.pos = self.end = 0
+                if not self.more(1):
+                    die(3, 'the upload ended early (connection dropped?)')
+            n = min(left, self.end - self.pos)
+            yield self.mv[self.pos:self.pos + n]
+            self.pos += n
             left -= n
-            yield self.view[:n]
+
+
+ZERO_BLOCK = bytes(512)
 
 
 def clean_tmp(tmpd):
