@@ -153,7 +153,10 @@ class Agent(unittest.TestCase):
         self.assertEqual((tr["d/a"], tr["d/a2"], tr["b"], tr["l"]),
                          (("file", a, 0o644), ("file", a, 0o644), ("file", b, 0o700),
                           ("link", "d/a")))
-        # the cache is filled from the run's tree in the background; `begin` waits for it
+        # the run's tree holds the upload until cleanup; a `begin` before that copies it
+        # into the cache
+        self.assertEqual(os.listdir(os.path.join(self.root, "adopting")), ["r1"])
+        self.assertFalse(os.path.exists(os.path.join(self.root, "blobs", sha(a)[:2], sha(a))))
         self.assertTrue(json.loads(self.agent("begin", sid).stdout)["have"])
         for blob in (a, b):
             self.assertEqual(read(os.path.join(self.root, "blobs", sha(blob)[:2], sha(blob))),
@@ -170,6 +173,29 @@ class Agent(unittest.TestCase):
         # nothing is missing for the next upload of the same snapshot
         self.assertEqual(self.agent("missing", stdin=("%s %d\n%s %d\n" % (
             sha(a), len(a), sha(b), len(b))).encode()).stdout, b"")
+
+    def test_cleanup_moves_the_upload(self):
+        """No `begin` came before the run ended: cleanup moves the run's files into the
+        cache (the same inodes: nothing copied), except one the run changed."""
+        a, b = b"alpha\n", b"beta\n"
+        sid, full, _ = manifest([entry("a", "file", a), entry("b", "file", b)])
+        t = tar_of([("manifest.jsonl", full), ("blobs/" + sha(a), a), ("blobs/" + sha(b), b)])
+        self.agent("receive", sid, "m1", stdin=t)
+        src = os.path.join(self.root, "runs", "m1", "src")
+        ino = os.stat(os.path.join(src, "a")).st_ino
+        with open(os.path.join(src, "b"), "ab") as f:
+            f.write(b"appended by the run")
+        self.agent("cleanup", "m1")
+        pa = os.path.join(self.root, "blobs", sha(a)[:2], sha(a))
+        self.assertEqual((read(pa), os.stat(pa).st_ino), (a, ino))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "blobs", sha(b)[:2], sha(b))))
+        self.assertFalse(os.path.exists(src))
+        self.assertFalse(os.listdir(os.path.join(self.root, "adopting")))
+        # the snapshot is not complete here (b was changed): the next upload ships b
+        j = json.loads(self.agent("begin", sid).stdout)
+        self.assertFalse(j["have"])
+        self.assertEqual(self.agent("missing", stdin=("%s %d\n%s %d\n" % (
+            sha(a), len(a), sha(b), len(b))).encode()).stdout, (sha(b) + "\n").encode())
 
     def test_cleanup_adopts_what_is_left(self):
         """An adoption that never ran (killed): cleanup moves the unchanged files into the

@@ -257,7 +257,7 @@ def v_facts(args):
 
 def v_begin(args):
     sid = ok_sha(args[0])
-    wait_adopters()
+    adopt_waiting()
     d = os.path.join(ROOT, 'snapshots')
     have = os.path.exists(os.path.join(d, sid + '.jsonl'))
     recent = []
@@ -630,7 +630,7 @@ def v_receive(args):
     if builder:
         write_atomic(os.path.join(builder.rd, 'manifest.jsonl'), body)
         builder.finish()
-        adopt_in_background(rid, builder.rd)
+        mark_unadopted(rid)
     else:
         # No sync of the blobs (that alone cost more than the transfer): a blob torn by a
         # crash has the wrong size (ordered-mode file systems), which `missing` and
@@ -1187,75 +1187,67 @@ def adopt(rd, copy=False):
     os.unlink(mpath)
 
 
-def adopt_in_background(rid, rd):
-    """Right after an upload straight into a run: fill the cache from the run's tree in a
-    detached process, so the next upload of this snapshot (a resubmit, a sweep) finds it.
-    The lock on runs/<id>/adopt.lock is taken before this returns and held until the
-    snapshot is recorded: `begin` waits on it, cleanup too."""
+def mark_unadopted(rid):
+    """Right after an upload straight into a run, the run's tree holds the only copy of the
+    new blobs on this machine.  They go into the cache when the run is cleaned up (moved,
+    not copied: no second write of the upload, no deletions) or, when an upload asks for
+    them before that (a resubmit, a sweep, another client), copied by its `begin`.
+    adopting/<id> says the run still holds them; runs/<id>/adopt.lock serializes the two."""
     mkdirs(os.path.join(ROOT, 'adopting'))
-    lk = os.open(os.path.join(rd, 'adopt.lock'), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lk, fcntl.LOCK_EX)
+    open(os.path.join(ROOT, 'adopting', rid), 'wb').close()
+
+
+def adopt_locked(rid, copy, limit=120.0):
+    """adopt() the run's tree under its lock (copy: only if it is still marked), then drop
+    the mark.  False when another process held the lock for `limit` seconds."""
+    rd = run_dir(rid)
     marker = os.path.join(ROOT, 'adopting', rid)
-    open(marker, 'wb').close()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setsid()
-            if os.fork() == 0:
-                nul = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(nul, fd)
-                try:
-                    adopt(rd, copy=True)
-                finally:
-                    try:
-                        os.unlink(marker)
-                    except OSError:
-                        pass
-                    os.close(lk)  # the lock goes with the last descriptor
-        except BaseException:
-            pass
-        os._exit(0)
-    os.close(lk)
-    os.waitpid(pid, 0)
-
-
-def wait_adopters(limit=120.0):
-    """Uploads being adopted into the cache: wait for them (bounded), so what they bring
-    is not shipped twice."""
-    d = os.path.join(ROOT, 'adopting')
     try:
-        rids = os.listdir(d)
+        fd = os.open(os.path.join(rd, 'adopt.lock'), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+    except OSError:  # the run directory is gone: nothing to adopt
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
+        return True
+    try:
+        end = time.time() + limit
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.time() > end:
+                    return False
+                time.sleep(0.05)
+        if os.path.exists(marker) or not copy:
+            # (cleanup also adopts an unmarked tree: an upload cut off before its mark)
+            adopt(rd, copy=copy)
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
+        return True
+    finally:
+        os.close(fd)
+
+
+def adopt_waiting():
+    """Before an upload asks what this machine lacks: copy into the cache what finished
+    uploads still hold only in their runs' trees, so nothing is shipped twice."""
+    try:
+        rids = os.listdir(os.path.join(ROOT, 'adopting'))
     except OSError:
         return
-    end = time.time() + limit
     for rid in rids:
-        try:
-            fd = os.open(os.path.join(ROOT, 'runs', rid, 'adopt.lock'), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    if time.time() > end:
-                        return
-                    time.sleep(0.05)
-        finally:
-            os.close(fd)
+        if ID_RE(rid) and rid not in ('.', '..'):
+            adopt_locked(rid, copy=True)
 
 
 def v_cleanup(args):
     rd = run_dir(args[0])
-    try:  # an adoption still copying from the tree finishes first
-        fd = os.open(os.path.join(rd, 'adopt.lock'), os.O_RDONLY | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.close(fd)
-    except OSError:
-        pass
-    adopt(rd)
+    adopt_locked(args[0], copy=False)
     shutil.rmtree(os.path.join(rd, 'src'), ignore_errors=True)
     try:
         os.unlink(os.path.join(rd, 'src.snapshot'))
