@@ -1127,8 +1127,8 @@ def v_pack(args):
 def adopt(rd, copy=False):
     """A run whose snapshot came straight into its tree: put the files that still hold
     their snapshot content into the cache (each hashed: the run may have changed them), and
-    record the snapshot once the cache has every blob.  copy: the run is using its tree
-    (right after the upload), so copy; at cleanup, move."""
+    record the snapshot once the cache has every blob.  copy: the run may still be using
+    its tree (an upload's `begin` wants the blobs now), so copy; at cleanup, move."""
     mpath = os.path.join(rd, 'manifest.jsonl')
     try:
         with open(mpath, 'rb') as f:
@@ -1197,9 +1197,10 @@ def mark_unadopted(rid):
     open(os.path.join(ROOT, 'adopting', rid), 'wb').close()
 
 
-def adopt_locked(rid, copy, limit=120.0):
+def adopt_locked(rid, copy, limit=None):
     """adopt() the run's tree under its lock (copy: only if it is still marked), then drop
-    the mark.  False when another process held the lock for `limit` seconds."""
+    the mark.  False when another process held the lock for `limit` seconds (None: wait as
+    long as it takes; cleanup must not delete a tree that a `begin` is still copying)."""
     rd = run_dir(rid)
     marker = os.path.join(ROOT, 'adopting', rid)
     try:
@@ -1212,15 +1213,18 @@ def adopt_locked(rid, copy, limit=120.0):
             pass
         return True
     try:
-        end = time.time() + limit
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.time() > end:
-                    return False
-                time.sleep(0.05)
+        if limit is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            end = time.time() + limit
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.time() > end:
+                        return False
+                    time.sleep(0.05)
         if os.path.exists(marker) or not copy:
             # (cleanup also adopts an unmarked tree: an upload cut off before its mark)
             adopt(rd, copy=copy)
@@ -1242,7 +1246,7 @@ def adopt_waiting():
         return
     for rid in rids:
         if ID_RE(rid) and rid not in ('.', '..'):
-            adopt_locked(rid, copy=True)
+            adopt_locked(rid, copy=True, limit=120.0)
 
 
 def v_cleanup(args):
