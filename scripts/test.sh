@@ -4,6 +4,9 @@
 #   2. make check again under AddressSanitizer + UndefinedBehaviorSanitizer
 #   3. make distcheck      (tarball builds, tests pass from it, installs, the out-of-tree
 #                           vendor plugin builds from the installed headers, uninstalls clean)
+#   4. Debian packages     (from that tarball: dpkg-buildpackage, lintian, dpkg -i, the example
+#                           on local, one plugin removed, the vendor plugin against
+#                           libctarget-dev, everything purged: tests/packaging/check.sh)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -40,4 +43,7 @@ step "make check under ASan+UBSan"
 run_check "$top/_build/asan" --enable-sanitizers
 step "make distcheck"
 (cd "$top/_build/check" && make -s -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror)
+step "Debian packages"
+set -- "$top"/_build/check/ctarget-*.tar.gz
+"$top/tests/packaging/check.sh" "$1"
 step "all passed in $(($(date +%s) - start)) s"
