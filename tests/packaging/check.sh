@@ -57,7 +57,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
+trap 'bad "interrupted"; finish' INT TERM HUP
 chmod 0755 "$work"
 
 # ---- source tree -------------------------------------------------------------------------
@@ -82,6 +82,20 @@ for p in $pkgs; do
     fi
 done
 
+# every plugin configure.ac knows has its package (a stanza and a one-line .install), and
+# every plugin package is a plugin configure knows: a plugin that is off by default would
+# otherwise be left out without dh_missing seeing it
+known=$(sed -n 's/^CTARGET_PLUGIN(\[\([a-z0-9_]*\)\].*/\1/p' "$src/configure.ac" | sort)
+for p in $known; do
+    printf '%s\n' $plugins | grep -qx "$p" && [ -f "$src/debian/ctarget-plugin-$p.install" ] &&
+        ok "plugin $p has its package ctarget-plugin-$p" ||
+        bad "plugin $p has no package: add a ctarget-plugin-$p stanza to debian/control and debian/ctarget-plugin-$p.install (see the comment there)"
+done
+for p in $plugins; do
+    printf '%s\n' $known | grep -qx "$p" ||
+        bad "debian/control has ctarget-plugin-$p but configure.ac has no CTARGET_PLUGIN([$p])"
+done
+
 ver=$(sed -n 's/^AC_INIT(\[ctarget\], \[\([^]]*\)\].*/\1/p' "$src/configure.ac")
 debver=$(cd "$src" && dpkg-parsechangelog -S Version)
 [ "$debver" = "$ver" ] && ok "debian/changelog version $debver = configure.ac's" ||
@@ -96,6 +110,17 @@ else
     tail -n 40 "$work/build.log" >&2
     bad "dpkg-buildpackage -us -uc -b failed (log above)"
     finish
+fi
+# the package build's test run stays usable when nocheck is not given (one program here:
+# the whole suite runs in the other steps)
+t0=$(date +%s)
+if (cd "$src" && DEB_BUILD_OPTIONS="parallel=$(nproc)" \
+        dh_auto_test -- TESTS=tests/test_loader >"$work/test.log" 2>&1) &&
+        grep -q '^PASS: tests/test_loader' "$work/test.log"; then
+    ok "dh_auto_test runs make check in the package build ($(($(date +%s) - t0)) s)"
+else
+    tail -n 30 "$work/test.log" >&2
+    bad "dh_auto_test (make check TESTS=tests/test_loader) in the package build failed"
 fi
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 debs=""
@@ -236,6 +261,7 @@ PKG_CONFIG_LIBDIR=$libdir/pkgconfig:/usr/share/pkgconfig
 PKG_CONFIG_PATH=
 export PKG_CONFIG_LIBDIR PKG_CONFIG_PATH
 CC=${CC:-cc}
+# shellcheck disable=SC2046 # pkg-config output is split on purpose
 hdr=$($CC -M $(pkg-config --cflags ctarget-plugin) "$src/tests/oot/acmehpc.c" 2>&1 |
       tr ' \\' '\n\n' | grep '/ctarget/plugin\.h$')
 [ "$hdr" = /usr/include/ctarget/plugin.h ] &&
@@ -250,6 +276,7 @@ fi
 # and a library client through ctarget.pc
 printf '#include <ctarget/ctarget.h>\n#include <stdio.h>\nint main(void) { puts(ctarget_version()); return 0; }\n' \
     >"$work/client.c"
+# shellcheck disable=SC2046
 if $CC -std=c11 -Wall -Werror $(pkg-config --cflags ctarget) -o "$work/client" "$work/client.c" \
         $(pkg-config --libs ctarget) && [ "$("$work/client")" = "$ver" ]; then
     ok "a program links -lctarget through ctarget.pc and runs"
