@@ -116,6 +116,7 @@ if (cd "$src" && DEB_BUILD_OPTIONS="nocheck parallel=$(nproc)" \
     ok "dpkg-buildpackage -us -uc -b ($(($(date +%s) - t0)) s)"
 else
     tail -n 40 "$work/build.log" >&2
+    grep '^dh_missing: warning:' "$work/build.log" >&2
     bad "dpkg-buildpackage -us -uc -b failed (log above)"
     finish
 fi
