@@ -185,9 +185,11 @@ for p in $plugins; do
     have=$(depnames "$deb" | grep -v '^ctarget-plugin-abi-' | sort -u)
     [ "$want" = "$have" ] && ok "ctarget-plugin-$p depends on" $have "= the owners of what it links" ||
         bad "ctarget-plugin-$p depends on '$(echo $have)', it links $(echo $needed) ($(echo $want))"
-    depnames "$deb" | grep -q '^ctarget-plugin-abi-[0-9]*$' &&
-        ok "ctarget-plugin-$p depends on the plugin ABI ($(depnames "$deb" | grep '^ctarget-plugin-abi-'))" ||
-        bad "ctarget-plugin-$p does not depend on ctarget-plugin-abi-N"
+    a=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -n 's/^ *\(ctarget-plugin-abi-.*\)/\1/p')
+    case $a in
+        "ctarget-plugin-abi-"[0-9]*" (>= "[0-9]*")") ok "ctarget-plugin-$p depends on the plugin ABI: $a" ;;
+        *) bad "ctarget-plugin-$p does not depend on ctarget-plugin-abi-MAJOR (>= MINOR): '$a'" ;;
+    esac
     case $needed in *libctarget*) bad "$p.so links libctarget" ;; esac
 done
 local_deb=$work/ctarget-plugin-local_${debver}_$arch.deb
@@ -199,9 +201,10 @@ fi
 lib_deb=$work/libctarget0_${debver}_$arch.deb
 if [ -f "$lib_deb" ]; then
     abi=$(sed -n 's/^#define CTARGET_ABI_MAJOR \([0-9]*\).*/\1/p' "$src/include/ctarget/plugin.h")
-    [ "$(dpkg-deb -f "$lib_deb" Provides)" = "ctarget-plugin-abi-$abi" ] &&
-        ok "libctarget0 provides ctarget-plugin-abi-$abi" ||
-        bad "libctarget0 provides '$(dpkg-deb -f "$lib_deb" Provides)', want ctarget-plugin-abi-$abi"
+    minor=$(sed -n 's/^#define CTARGET_ABI_MINOR \([0-9]*\).*/\1/p' "$src/include/ctarget/plugin.h")
+    [ "$(dpkg-deb -f "$lib_deb" Provides)" = "ctarget-plugin-abi-$abi (= $minor)" ] &&
+        ok "libctarget0 provides ctarget-plugin-abi-$abi (= $minor)" ||
+        bad "libctarget0 provides '$(dpkg-deb -f "$lib_deb" Provides)', want ctarget-plugin-abi-$abi (= $minor)"
     # libraries the core links or dlopen()s (their sonames are strings in the library)
     dpkg-deb -x "$lib_deb" "$work/x-lib"
     so=$(find "$work/x-lib" -name 'libctarget.so.*.*' | head -n 1)
