@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 void rl_sleep_ms(long ms)
@@ -159,4 +160,25 @@ char *rl_events(json_t *run)
         strcat(s, json_string_value(json_object_get(e, "to")));
     }
     return s;
+}
+
+void rl_gate(const char *ws, const char *id, const char *name)
+{
+    char *work = rl_run_file(ws, id, "work"), *f = tl_path(work, name);
+    struct stat st;
+    CU_ASSERT_FATAL(stat(work, &st) == 0 && S_ISDIR(st.st_mode)); /* the run was submitted */
+    tl_write_file(f, "open\n");
+    free(f), free(work);
+}
+
+int rl_wait_log(const char *ws, const char *id, const char *needle, long timeout_ms)
+{
+    for (long long end = tl_now_ms() + timeout_ms; tl_now_ms() < end; rl_sleep_ms(30)) {
+        tl_result r = TL_CT(ws, "run", "logs", id);
+        int hit = r.status == 0 && tl_contains(r.out, needle);
+        tl_result_free(&r);
+        if (hit)
+            return 1;
+    }
+    return 0;
 }

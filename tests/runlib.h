@@ -32,5 +32,9 @@ char *rl_run_file(const char *ws, const char *id, const char *name);
 /* The event "to" states in order, joined by ' ' (owned). */
 char *rl_events(json_t *run);
 void rl_sleep_ms(long ms);
+/* Open testrun gate `name` (see tests/plugins/testrun.c): create <ws>/runs/<id>/work/<name>. */
+void rl_gate(const char *ws, const char *id, const char *name);
+/* Wait (bounded by timeout_ms, a guard against hangs) until `run logs ID` contains needle. */
+int rl_wait_log(const char *ws, const char *id, const char *needle, long timeout_ms);
 
 #endif
