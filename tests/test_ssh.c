@@ -242,10 +242,15 @@ static int count_lines(const char *path)
 }
 
 /* A script printing "line 1" .. "line 30", one every 0.1 s. */
-static const char NUMBERED[] = "import sys, time\n"
+/* 30 numbered lines; after line 10 the script waits for the file named by its first
+ * argument (at most 120 s, a guard), so a test acts on a run that is certainly mid-way. */
+static const char NUMBERED[] = "import os, sys, time\n"
                                "for i in range(1, 31):\n"
                                "    print('line %d' % i, flush=True)\n"
-                               "    time.sleep(0.1)\n";
+                               "    for _ in range(2400 if i == 10 else 0):\n"
+                               "        if os.path.exists(sys.argv[1]): break\n"
+                               "        time.sleep(0.05)\n"
+                               "    time.sleep(0.02)\n";
 
 static char *numbered_log(void)
 {
@@ -699,7 +704,7 @@ static void t11_cancel(void)
     CU_ASSERT(took >= 900);  /* TERM was ignored: the 1 s grace was waited on the machine */
     CU_ASSERT(took < 8000);  /* and not the default 10 s */
     int gone = 0;
-    for (int i = 0; i < 60 && !gone; i++) {
+    for (int i = 0; i < 600 && !gone; i++) { /* a guard: 30 s */
         gone = pgrep(marker) == 1;
         if (!gone)
             rl_sleep_ms(50);
@@ -726,7 +731,7 @@ static void t12_timeout(void)
     const char *ws = run_ws();
     CU_ASSERT_FATAL(ws != NULL);
     char *marker = fmt("ctmark-timeout-%ld-%lld", (long)getpid(), tl_now_ms());
-    char *src = source("import time\ntime.sleep(60)\n");
+    char *src = source("import time\ntime.sleep(600)\n");
     long long t0 = tl_now_ms();
     tl_result r = submit(ws, "vmrun", src, A("--timeout", "2", "--wait"), A(marker), NULL);
     long long took = tl_now_ms() - t0;
@@ -736,11 +741,11 @@ static void t12_timeout(void)
     CU_ASSERT(tl_contains(jstr(j, "reason"), "timeout after 2 s"));
     if (!tl_contains(jstr(j, "reason"), "timeout after 2 s"))
         tl_dump("timeout run", &r);
-    CU_ASSERT(took < 30000);
+    CU_ASSERT(took < 120000); /* not the script's 600 s */
     json_decref(j);
     tl_result_free(&r);
     int gone = 0;
-    for (int i = 0; i < 60 && !gone; i++) {
+    for (int i = 0; i < 600 && !gone; i++) { /* a guard: 30 s */
         gone = pgrep(marker) == 1;
         if (!gone)
             rl_sleep_ms(50);
@@ -912,18 +917,28 @@ static void t14_sshd_stopped_mid_upload(void)
 
 /* ---- 15. the monitor killed ----------------------------------------------------------------- */
 
-/* A NUMBERED run on vmrun, submitted and seen Running for a moment; its id (src: owned). */
-static char *numbered_running(const char *ws, char **src)
+/* A NUMBERED run on vmrun, submitted and seen waiting after line 10; its id (src, go:
+ * owned; create *go to let it go on). */
+static char *numbered_running(const char *ws, char **src, char **go)
 {
     *src = source(NUMBERED);
-    tl_result r = submit(ws, "vmrun", *src, NULL, NULL, NULL);
+    char *gd = tl_tmpdir("sshgo");
+    chmod(gd, 0755);
+    *go = tl_path(gd, "go");
+    free(gd);
+    tl_result r = submit(ws, "vmrun", *src, NULL, A(*go), NULL);
     TL_ASSERT_EXIT(r, 0);
     char *id = id_of(&r);
     tl_result_free(&r);
-    if (id) {
-        CU_ASSERT(rl_wait_for(ws, id, "Running", 15000));
-        rl_sleep_ms(400);
+    int mid = 0;
+    for (long long end = tl_now_ms() + 60000; id && !mid && tl_now_ms() < end;) {
+        char *log = run_logs(ws, id);
+        mid = tl_contains(log, "line 10\n");
+        free(log);
+        if (!mid)
+            rl_sleep_ms(50);
     }
+    CU_ASSERT(mid);
     return id;
 }
 
@@ -946,8 +961,8 @@ static void t15_monitor_killed(void)
 {
     const char *ws = run_ws();
     CU_ASSERT_FATAL(ws != NULL);
-    char *src;
-    char *id = numbered_running(ws, &src);
+    char *src, *go;
+    char *id = numbered_running(ws, &src, &go);
     CU_ASSERT_FATAL(id != NULL);
     json_t *j = rl_show(ws, id);
     json_t *m = json_object_get(j, "monitor");
@@ -960,12 +975,14 @@ static void t15_monitor_killed(void)
         for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++)
             rl_sleep_ms(10);
     }
+    tl_write_file(go, "");
     numbered_completed(ws, id, "the monitor was killed");
     j = rl_show(ws, id);
     CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "monitor"), "starts")) >= 2);
     json_decref(j);
     free(id);
     free(src);
+    free(go);
 }
 
 /* ---- 16. sshd restarted while the run goes on ----------------------------------------------- */
@@ -974,13 +991,15 @@ static void t16_sshd_restarted_mid_run(void)
 {
     const char *ws = run_ws();
     CU_ASSERT_FATAL(ws != NULL);
-    char *src;
-    char *id = numbered_running(ws, &src);
+    char *src, *go;
+    char *id = numbered_running(ws, &src, &go);
     CU_ASSERT_FATAL(id != NULL);
     CU_ASSERT_EQUAL(sf_restart(&S), 0);
+    tl_write_file(go, "");
     numbered_completed(ws, id, "sshd restarted");
     free(id);
     free(src);
+    free(go);
 }
 
 /* ---- 17. ssh-agent -------------------------------------------------------------------------- */
