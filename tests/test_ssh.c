@@ -828,6 +828,25 @@ static void t13_incremental(void)
 
 /* ---- 14. sshd stopped in the middle of an upload -------------------------------------------- */
 
+/* Wait (a 10 s guard) until process pid is stopped by a signal, so it does nothing more. */
+static int proc_stopped(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    for (int i = 0; i < 10000; i++) {
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[n] = '\0';
+        const char *p = strrchr(buf, ')'); /* the state follows the command name */
+        if (p && p[1] == ' ' && (p[2] == 'T' || p[2] == 't'))
+            return 1;
+        rl_sleep_ms(1);
+    }
+    return 0;
+}
+
 static void t14_sshd_stopped_mid_upload(void)
 {
     char *dir = tl_tmpdir("sshd3");
@@ -855,25 +874,30 @@ static void t14_sshd_stopped_mid_upload(void)
     char *id = id_of(&r);
     tl_result_free(&r);
     CU_ASSERT_FATAL(id != NULL);
-    CU_ASSERT(rl_wait_for(ws, id, "Preparing", 10000));
+    CU_ASSERT(rl_wait_for(ws, id, "Preparing", 60000));
     /* the upload has begun once the machine unpacks into the run's tree */
     char *tree = fmt("%s/runs/%s/src", root, id);
     char *done_marker = fmt("%s/runs/%s/src.snapshot", root, id);
-    struct stat st;
-    long long t0 = tl_now_ms();
-    while (stat(tree, &st) != 0 && tl_now_ms() - t0 < 10000)
-        rl_sleep_ms(2);
-    /* Freeze the sending monitor so that the upload cannot finish on a fast machine before
-     * sshd is gone (a race the test would otherwise lose now and then): what is in flight
-     * (a few socket buffers) is far less than the 60 MB, so the upload stays cut. */
     json_t *shown = rl_show(ws, id);
     long mon = (long)json_integer_value(json_object_get(json_object_get(shown, "monitor"),
                                                         "pid"));
     json_decref(shown);
     CU_ASSERT_FATAL(mon > 1);
-    CU_ASSERT_EQUAL(kill((pid_t)mon, SIGSTOP), 0);
-    rl_sleep_ms(200);
-    int mid = stat(tree, &st) == 0 && stat(done_marker, &st) != 0;
+    /* Step the sending monitor: stopped, look, and let it run a moment only while nothing
+     * has arrived, so it is frozen in the upload as soon as the tree appears (what it can
+     * send in one short step, a few socket buffers, is far less than the 60 MB). */
+    struct stat st;
+    int begun = 0;
+    for (long long end = tl_now_ms() + 60000; !begun && tl_now_ms() < end;) {
+        CU_ASSERT_EQUAL_FATAL(kill((pid_t)mon, SIGSTOP), 0);
+        CU_ASSERT_FATAL(proc_stopped((pid_t)mon));
+        begun = stat(tree, &st) == 0;
+        if (!begun) {
+            kill((pid_t)mon, SIGCONT);
+            rl_sleep_ms(1);
+        }
+    }
+    int mid = begun && stat(done_marker, &st) != 0;
     CU_ASSERT_EQUAL(sf_stop(&S3), 0);
     CU_ASSERT_EQUAL(kill((pid_t)mon, SIGCONT), 0);
     CU_ASSERT(mid);
