@@ -182,3 +182,42 @@ int rl_wait_log(const char *ws, const char *id, const char *needle, long timeout
     }
     return 0;
 }
+
+const char RL_TERM_WATCH_PY[] =
+    "import os, signal, sys, time\n"
+    "out = sys.argv[1]\n"
+    "r, w = os.pipe()\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    os.close(w)\n"
+    "    os.read(r, 1)  # end of file: the script is gone\n"
+    "    open(out + '.died', 'w').write(repr(time.monotonic()))\n"
+    "    os._exit(0)\n"
+    "os.close(r)\n"
+    "def term(sig, frame):\n"
+    "    open(out + '.term', 'w').write(repr(time.monotonic()))\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "print('up', flush=True)\n"
+    "while True:\n"
+    "    time.sleep(600)\n";
+
+static double read_seconds(const char *path)
+{
+    char *t = tl_read_file(path);
+    double v = t && *t ? strtod(t, NULL) : -1;
+    free(t);
+    return v;
+}
+
+double rl_term_to_death(const char *out)
+{
+    char *term = NULL, *died = NULL;
+    if (asprintf(&term, "%s.term", out) < 0 || asprintf(&died, "%s.died", out) < 0)
+        abort();
+    struct stat st;
+    for (int i = 0; i < 1000 && stat(died, &st) != 0; i++)
+        rl_sleep_ms(30);
+    double t = read_seconds(term), d = read_seconds(died);
+    free(term), free(died);
+    return t > 0 && d > 0 ? d - t : -1;
+}
