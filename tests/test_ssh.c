@@ -517,10 +517,12 @@ static void t07_refused_port_and_duplicate(void)
 {
     CU_ASSERT_FATAL(S_ok);
     char *ws = tl_tmpdir("sshws"), *root = tl_tmpdir("sshroot");
-    int port = sf_free_port();
+    int hold;
+    int port = sf_refusing_port(&hold);
     CU_ASSERT_FATAL(port > 0);
     tl_result r = attach(ws, "vm-closed", &S, port, NULL, "id_ed25519", root, 1, NULL, NULL,
                          NULL);
+    close(hold);
     TL_ASSERT_EXIT(r, 8);
     char *p = fmt("%d", port);
     CU_ASSERT(tl_contains(r.err, "127.0.0.1") && tl_contains(r.err, p));
