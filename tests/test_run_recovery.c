@@ -179,7 +179,7 @@ static void t_burst(void)
     long long submitted = tl_now_ms() - t0;
     int done = 0;
     json_t *j = NULL;
-    for (int i = 0; i < 600 && !done; i++) { /* bounded: 60 s */
+    for (int i = 0; i < 1800 && !done; i++) { /* a guard: 180 s (a few s are needed) */
         json_decref(j);
         r = TL_CT(ws, "run", "list", "--status", "Completed", "-o", "json");
         j = r.status == 0 ? tl_json(&r) : NULL;
