@@ -15,8 +15,13 @@ static const char help[] =
     "is listed, and its reason printed on stderr; it never stops the others from\n"
     "loading.\n"
     "\n"
-    "JSON: a list of objects with name, version, abi, path, status (loaded|refused),\n"
-    "reason, capabilities, description, license.\n";
+    "A type is served by the first TYPE.so in the path that loads: a refused file\n"
+    "does not hide a good one later in the path (its warning ends \"; using PATH\"),\n"
+    "and files after the one used are listed as shadowed and never opened.\n"
+    "\n"
+    "JSON: a list of objects with name, version, abi, path, status\n"
+    "(loaded|refused|shadowed), reason, used_instead (the file serving the type\n"
+    "when this one does not), capabilities, description, license.\n";
 
 int cmd_plugins(cli *c, int argc, char **argv)
 {
@@ -62,11 +67,16 @@ int cmd_plugins(cli *c, int argc, char **argv)
             /* diagnostics, one line per refusal naming the file: stderr, so the table on
              * stdout stays parseable; -q leaves only the table's "refused" status */
             fflush(stdout);
-            json_array_foreach(rows, i, r) if (!c->quiet &&
-                                               json_string_value(json_object_get(r, "reason")))
-                fprintf(stderr, "ctarget: warning: refused %s: %s\n",
+            json_array_foreach(rows, i, r) {
+                const char *st = json_string_value(json_object_get(r, "status"));
+                const char *instead = json_string_value(json_object_get(r, "used_instead"));
+                if (c->quiet || !st || strcmp(st, "refused") != 0)
+                    continue;
+                fprintf(stderr, "ctarget: warning: refused %s: %s%s%s\n",
                         json_string_value(json_object_get(r, "path")),
-                        json_string_value(json_object_get(r, "reason")));
+                        json_string_value(json_object_get(r, "reason")),
+                        instead ? "; using " : "", instead ? instead : "");
+            }
         }
         json_decref(rows);
     }

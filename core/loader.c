@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "host.h"
+#include "log.h"
 #include "util.h"
 
 #ifndef CTARGET_PLUGINDIR
@@ -366,6 +367,36 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The search order: the first file of a name that loads serves the type.  Files before it
+ * that were refused say which file is used instead; files after it are shadowed and never
+ * opened (their code must not run: nobody asked for them). */
+static plugin *shadowed_entry(const char *dir, const char *file, const plugin *winner)
+{
+    plugin *pl = xcalloc(1, sizeof *pl);
+    pl->path = path_join(dir, file);
+    pl->name = xstrndup(file, strlen(file) - 3);
+    pthread_mutex_init(&pl->lock, NULL);
+    pl->shadowed = 1;
+    pl->used_instead = winner;
+    refuse(pl, "shadowed by %s, found earlier in the search path", winner->path);
+    return pl;
+}
+
+static void note_winner(plugin **list, size_t n, const plugin *winner)
+{
+    for (size_t k = 0; k < n; k++)
+        if (list[k] != winner && !strcmp(list[k]->name, winner->name) && !list[k]->shadowed)
+            list[k]->used_instead = winner;
+}
+
+static const plugin *loaded_named(plugin **list, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++)
+        if (!list[k]->reason && !strcmp(list[k]->name, name))
+            return list[k];
+    return NULL;
+}
+
 plugin **loader_all(size_t *n)
 {
     pthread_mutex_lock(&loader_mutex);
@@ -389,17 +420,15 @@ plugin **loader_all(size_t *n)
             closedir(d);
             qsort(names, nn, sizeof *names, cmp_str);
             for (size_t j = 0; j < nn; j++) {
-                plugin *pl = examine(dirs[i], names[j]);
-                /* an earlier directory already provides this type */
-                for (size_t k = 0; k < n_list; k++)
-                    if (!strcmp(list[k]->name, pl->name) && list[k] != pl && !pl->reason) {
-                        refuse(pl, "shadowed by %s, found earlier in the search path",
-                               list[k]->path);
-                        pl->desc = NULL;
-                        break;
-                    }
+                char *base = xstrndup(names[j], strlen(names[j]) - 3);
+                const plugin *winner = loaded_named(list, n_list, base);
+                free(base);
+                plugin *pl = winner ? shadowed_entry(dirs[i], names[j], winner)
+                                    : examine(dirs[i], names[j]);
                 list = xrealloc(list, (n_list + 1) * sizeof *list);
                 list[n_list++] = pl;
+                if (!pl->reason)
+                    note_winner(list, n_list, pl);
                 free(names[j]);
             }
             free(names);
@@ -423,30 +452,50 @@ ctarget_status loader_find(const char *type, plugin **out, ctarget_error *err)
     size_t nd;
     char **dirs = loader_search_dirs(&nd);
     char *file = xasprintf("%s.so", type);
-    plugin *found = NULL;
+    plugin *found = NULL, *refused[16];
+    size_t n_refused = 0, n_more = 0;
     for (size_t i = 0; i < nd && !found; i++) {
         char *p = path_join(dirs[i], file);
         struct stat sb;
-        if (stat(p, &sb) == 0)
-            found = examine(dirs[i], file);
+        if (stat(p, &sb) == 0) {
+            plugin *pl = examine(dirs[i], file);
+            if (!pl->reason)
+                found = pl;
+            else if (n_refused < CT_ARRAY_LEN(refused))
+                refused[n_refused++] = pl;
+            else
+                n_more++;
+        }
         free(p);
     }
     free(file);
     free_dirs(dirs);
+    /* said once per process, in the words of `ctarget plugins` */
+    for (size_t k = 0; found && k < n_refused; k++)
+        if (!refused[k]->used_instead) {
+            refused[k]->used_instead = found;
+            log_msg(CTARGET_LOG_WARN, "refused %s: %s; using %s", refused[k]->path,
+                    refused[k]->reason, found->path);
+        }
     pthread_mutex_unlock(&loader_mutex);
-    if (!found) {
+    if (found) {
+        *out = found;
+        return CTARGET_OK;
+    }
+    if (!n_refused) {
         ct_err(err, CTARGET_E_NOT_FOUND,
                "unknown target type '%s': no plugin %s.so in the plugin path "
                "(see `ctarget plugins` for the available types)", type, type);
         return CTARGET_E_NOT_FOUND;
     }
-    if (found->reason) {
+    if (n_refused + n_more == 1)
         ct_err(err, CTARGET_E_PLUGIN, "target type '%s' is unavailable: plugin %s refused: %s",
-               type, found->path, found->reason);
-        return CTARGET_E_PLUGIN;
-    }
-    *out = found;
-    return CTARGET_OK;
+               type, refused[0]->path, refused[0]->reason);
+    else
+        ct_err(err, CTARGET_E_PLUGIN, "target type '%s' is unavailable: plugin %s refused: %s "
+               "(and %zu more %s.so refused: see `ctarget plugins`)", type, refused[0]->path,
+               refused[0]->reason, n_refused + n_more - 1, type);
+    return CTARGET_E_PLUGIN;
 }
 
 ctarget_status loader_init_plugin(plugin *pl, ctarget_error *err)

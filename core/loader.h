@@ -12,6 +12,8 @@ typedef struct plugin {
     char *path;
     char *name;              /* file basename without .so */
     char *reason;            /* refusal reason, NULL when loaded */
+    int shadowed;            /* a loadable file of this name came earlier: never opened */
+    const struct plugin *used_instead; /* refused or shadowed: the file that serves the type */
     void *dl;
     const ctarget_plugin *desc;
     /* Normalised copies: every slot past the plugin's struct_size reads as zero/NULL. */
@@ -30,12 +32,14 @@ typedef struct plugin {
  * $CTARGET_PLUGINDIR or the configured plugindir. */
 char **loader_search_dirs(size_t *n);
 
-/* Every *.so in the search directories, loaded or refused, in search order.  The list is
- * owned by the loader and lives until the process exits. */
+/* Every *.so in the search directories, loaded, refused or shadowed, in search order.  The
+ * list is owned by the loader and lives until the process exits. */
 plugin **loader_all(size_t *n);
 
-/* The plugin for a target type: the first <type>.so in search order.  NOT_FOUND when there
- * is none; PLUGIN when it was refused (err names the file and the reason). */
+/* The plugin for a target type: the first <type>.so in search order that loads (as PATH
+ * lookup skips files it cannot execute): a refused file does not hide a good one later in
+ * the path, and is named in a warning.  NOT_FOUND when there is no file; PLUGIN when every
+ * file was refused (err names the first and its reason). */
 ctarget_status loader_find(const char *type, plugin **out, ctarget_error *err);
 
 /* Run init() once. */

@@ -28,12 +28,15 @@ static json_t *plugin_json(const plugin *pl)
     json_object_set_new(o, "name", json_string(pl->name));
     json_object_set_new(o, "path", json_string(pl->path));
     if (pl->reason) {
-        json_object_set_new(o, "status", json_string("refused"));
+        json_object_set_new(o, "status", json_string(pl->shadowed ? "shadowed" : "refused"));
         json_object_set_new(o, "reason", json_string(pl->reason));
     } else {
         json_object_set_new(o, "status", json_string("loaded"));
         json_object_set_new(o, "reason", json_null());
     }
+    /* refused or shadowed: the file that serves this type instead, if any */
+    json_object_set_new(o, "used_instead",
+                        pl->used_instead ? json_string(pl->used_instead->path) : json_null());
     if (pl->desc) {
         char abi[32];
         snprintf(abi, sizeof abi, "%u.%u", pl->d.abi_major, pl->d.abi_minor);

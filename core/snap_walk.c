@@ -15,6 +15,7 @@
 #include "ignore.h"
 #include "log.h"
 #include "snapshot.h"
+#include "testhook.h"
 #include "util.h"
 
 /* Directory nesting we accept; deeper trees are almost surely a link loop made of bind
@@ -896,10 +897,8 @@ ctarget_status snap_walk(const char *root, const snap_limits *lim, const char *s
 {
     memset(t, 0, sizeof *t);
     walk w = {.root = root, .t = t, .lim = lim, .start_ns = time_mono_ns()};
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
     snap_dirs_out dout;
-    snap_dirs_out_init(&dout, (int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+    snap_dirs_out_init(&dout, testhook_wall_ns());
     snap_dirs *hints = cache_dir ? snap_dirs_load(cache_dir, root) : NULL;
     w.hints = hints;
     w.dout = cache_dir ? &dout : NULL;

@@ -334,14 +334,16 @@ class Agent(unittest.TestCase):
         self.kids.append(pid["pid"])
         return pid
 
-    def poll_until(self, rid, states, limit=20):
+    def poll_until(self, rid, states, limit=120, log_has=b""):
+        # limit: a guard against a hang, far above what any run here needs
         end = time.time() + limit
         while time.time() < end:
             r = self.agent("poll", rid, "0", "0", "200")
             head, _, rest = r.stdout.partition(b"\n")
             j = json.loads(head)
-            if j["state"] in states:
-                return j, rest[:j["log_len"]], rest[j["log_len"]:]
+            log = rest[:j["log_len"]]
+            if j["state"] in states and log_has in log:
+                return j, log, rest[j["log_len"]:]
         self.fail("run %s never reached %s" % (rid, states))
 
     def test_bytes_arrive_exactly(self):
@@ -364,14 +366,20 @@ class Agent(unittest.TestCase):
                 b"signal.SIG_IGN)\nsubprocess.Popen(['sleep', '60'])\nprint('up', flush=True)\n"
                 b"time.sleep(60)\n")
         pid = self.run_script(code, rid="c1", grace=1)
-        self.poll_until("c1", ("running",))
+        # 'up' comes after SIGTERM is ignored: a cancel before it would be honoured at once
+        self.poll_until("c1", ("running",), log_has=b"up\n")
         self.agent("cancel", "c1")
-        j, _, _ = self.poll_until("c1", ("exited",), limit=15)
+        j, _, _ = self.poll_until("c1", ("exited",))
         self.assertTrue(j["canceled"])
         self.assertEqual(j["signal"], signal.SIGKILL)
-        time.sleep(0.2)
-        self.assertEqual(subprocess.run(["pgrep", "-g", str(pid["pgid"])],
-                                        stdout=subprocess.PIPE).stdout, b"")
+        left = b"?"
+        for _ in range(600):  # a guard: 30 s for the group to be reaped
+            left = subprocess.run(["pgrep", "-g", str(pid["pgid"])],
+                                  stdout=subprocess.PIPE).stdout
+            if not left:
+                break
+            time.sleep(0.05)
+        self.assertEqual(left, b"")
 
     def test_vanished(self):
         pid = self.run_script(b"import time\ntime.sleep(60)\n", rid="v1")

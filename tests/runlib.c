@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 void rl_sleep_ms(long ms)
@@ -159,4 +160,64 @@ char *rl_events(json_t *run)
         strcat(s, json_string_value(json_object_get(e, "to")));
     }
     return s;
+}
+
+void rl_gate(const char *ws, const char *id, const char *name)
+{
+    char *work = rl_run_file(ws, id, "work"), *f = tl_path(work, name);
+    struct stat st;
+    CU_ASSERT_FATAL(stat(work, &st) == 0 && S_ISDIR(st.st_mode)); /* the run was submitted */
+    tl_write_file(f, "open\n");
+    free(f), free(work);
+}
+
+int rl_wait_log(const char *ws, const char *id, const char *needle, long timeout_ms)
+{
+    for (long long end = tl_now_ms() + timeout_ms; tl_now_ms() < end; rl_sleep_ms(30)) {
+        tl_result r = TL_CT(ws, "run", "logs", id);
+        int hit = r.status == 0 && tl_contains(r.out, needle);
+        tl_result_free(&r);
+        if (hit)
+            return 1;
+    }
+    return 0;
+}
+
+const char RL_TERM_WATCH_PY[] =
+    "import os, signal, sys, time\n"
+    "out = sys.argv[1]\n"
+    "r, w = os.pipe()\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    os.close(w)\n"
+    "    os.read(r, 1)  # end of file: the script is gone\n"
+    "    open(out + '.died', 'w').write(repr(time.monotonic()))\n"
+    "    os._exit(0)\n"
+    "os.close(r)\n"
+    "def term(sig, frame):\n"
+    "    open(out + '.term', 'w').write(repr(time.monotonic()))\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "print('up', flush=True)\n"
+    "while True:\n"
+    "    time.sleep(600)\n";
+
+static double read_seconds(const char *path)
+{
+    char *t = tl_read_file(path);
+    double v = t && *t ? strtod(t, NULL) : -1;
+    free(t);
+    return v;
+}
+
+double rl_term_to_death(const char *out)
+{
+    char *term = NULL, *died = NULL;
+    if (asprintf(&term, "%s.term", out) < 0 || asprintf(&died, "%s.died", out) < 0)
+        abort();
+    struct stat st;
+    for (int i = 0; i < 1000 && stat(died, &st) != 0; i++)
+        rl_sleep_ms(30);
+    double t = read_seconds(term), d = read_seconds(died);
+    free(term), free(died);
+    return t > 0 && d > 0 ? d - t : -1;
 }

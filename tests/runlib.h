@@ -32,5 +32,16 @@ char *rl_run_file(const char *ws, const char *id, const char *name);
 /* The event "to" states in order, joined by ' ' (owned). */
 char *rl_events(json_t *run);
 void rl_sleep_ms(long ms);
+/* A Python script that ignores SIGTERM (prints 'up' once it does) and records, in
+ * CLOCK_MONOTONIC seconds, when SIGTERM arrived (file ARGV1.term) and, from a watcher in
+ * its own session (outside the run's process group), when the script died (ARGV1.died):
+ * the grace a cancel gave it, measured where it happened, whatever the load on the test. */
+extern const char RL_TERM_WATCH_PY[];
+/* Seconds between the two (waits up to 30 s for the watcher), or -1. */
+double rl_term_to_death(const char *out);
+/* Open testrun gate `name` (see tests/plugins/testrun.c): create <ws>/runs/<id>/work/<name>. */
+void rl_gate(const char *ws, const char *id, const char *name);
+/* Wait (bounded by timeout_ms, a guard against hangs) until `run logs ID` contains needle. */
+int rl_wait_log(const char *ws, const char *id, const char *needle, long timeout_ms);
 
 #endif

@@ -188,20 +188,20 @@ int sf_rekey(sf_sshd *s)
     return loaded(s);
 }
 
-int sf_free_port(void)
+int sf_refusing_port(int *fd)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (*fd < 0)
         return -1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
+    if (bind(*fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(*fd, (struct sockaddr *)&a, &len) == 0)
+        return ntohs(a.sin_port);
+    close(*fd);
+    *fd = -1;
+    return -1;
 }
 
 int sf_count(const sf_sshd *s, const char *name, const char *needle)

@@ -23,8 +23,9 @@ int sf_rekey(sf_sshd *s);
 char *sf_file(const sf_sshd *s, const char *name);
 /* The contents of DIR/name without trailing newlines (owned), or NULL when absent. */
 char *sf_read(const sf_sshd *s, const char *name);
-/* A TCP port on 127.0.0.1 nobody listens on (bound, then released). */
-int sf_free_port(void);
+/* A port on 127.0.0.1 that refuses connections while *fd stays open (bound, never listened
+ * on: no other process can take it meanwhile, unlike a free port that was closed). */
+int sf_refusing_port(int *fd);
 /* Lines in DIR/name that contain needle (0 when the file is absent). */
 int sf_count(const sf_sshd *s, const char *name, const char *needle);
 

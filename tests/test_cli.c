@@ -378,7 +378,7 @@ static void t_local_reports_gpus_from_nvidia_smi(void)
 
 static void t_local_show_survives_a_hanging_nvidia_smi(void)
 {
-    char *bin = fake_tool_dir("nvidia-smi", "#!/bin/sh\nexec sleep 30\n");
+    char *bin = fake_tool_dir("nvidia-smi", "#!/bin/sh\nexec sleep 600\n");
     char *path = path_with(bin);
     char *ws = tl_tmpdir("ws");
     const char *env[] = {path, NULL};
@@ -387,7 +387,7 @@ static void t_local_show_survives_a_hanging_nvidia_smi(void)
     tl_result r = tl_ctarget_run(ws, NULL, env, args);
     long long ms = tl_now_ms() - t0;
     TL_ASSERT_EXIT(r, 0);
-    CU_ASSERT(ms < 20000);
+    CU_ASSERT(ms < 120000); /* the 5 s limit, not the tool's 600 s: a guard, far from both */
     json_t *j = tl_json(&r);
     json_t *f = json_object_get(j, "facts");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(f, "cpus")), sysconf(_SC_NPROCESSORS_ONLN));

@@ -335,10 +335,19 @@ static void t_first_in_search_path_wins_later_ones_shadowed(void)
     json_t *first = find(list, "testssh", d);
     json_t *later = find(list, "testssh", "/tests/plugins/.libs");
     CU_ASSERT_STRING_EQUAL(status_of(first), "loaded");
-    CU_ASSERT_STRING_EQUAL(status_of(later), "refused");
+    CU_ASSERT(json_is_null(json_object_get(first, "used_instead")));
+    CU_ASSERT_STRING_EQUAL(status_of(later), "shadowed");
     CU_ASSERT_PTR_NOT_NULL(strstr(reason_of(later), "shadowed"));
-    /* the shadowed entry names the file that wins */
+    /* the shadowed entry names the file that wins, in its reason and in used_instead */
     CU_ASSERT_PTR_NOT_NULL(strstr(reason_of(later), d));
+    const char *instead = json_string_value(json_object_get(later, "used_instead"));
+    CU_ASSERT(instead && !strcmp(instead, json_string_value(json_object_get(first, "path"))));
+    /* shadowed is not refused: no warning for it in the table's diagnostics */
+    tl_result t = tl_ctarget_run(NULL, NULL, env, (const char *const[]){"plugins", NULL});
+    TL_ASSERT_EXIT(t, 0);
+    CU_ASSERT(tl_contains(t.out, "shadowed"));
+    CU_ASSERT(!tl_contains(t.err, "testssh.so"));
+    tl_result_free(&t);
     json_decref(list);
     /* and targets of the type use the first one */
     char *ws = tl_tmpdir("ws");
@@ -360,6 +369,131 @@ static void t_first_in_search_path_wins_later_ones_shadowed(void)
     free(ws);
     free(pp);
     free(d);
+}
+
+/* A refused file earlier in the path does not hide a good one later (as PATH lookup skips
+ * a file it cannot execute): the good one serves the type, the refused one is listed with
+ * its reason and the file used instead, and a command using the type says so once. */
+static void t_refused_earlier_file_does_not_hide_a_good_later_one(void)
+{
+    char *d = plugdir("plug");
+    copy_plugin("testssh.so", d, "testssh.so");
+    char *f = tl_path(d, "testssh.so");
+    chmod(f, 0757); /* world-writable: refused before it is opened */
+    char *pp = path_env(d);
+    const char *env[] = {pp, NULL};
+    json_t *list = plugins_json(env);
+    json_t *bad = find(list, "testssh", d);
+    json_t *good = find(list, "testssh", "/tests/plugins/.libs");
+    CU_ASSERT_STRING_EQUAL(status_of(bad), "refused");
+    CU_ASSERT(tl_contains(reason_of(bad), "world-writable"));
+    CU_ASSERT_STRING_EQUAL(status_of(good), "loaded");
+    const char *gp = json_string_value(json_object_get(good, "path"));
+    const char *instead = json_string_value(json_object_get(bad, "used_instead"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(gp);
+    char *good_path = strdup(gp); /* outlives the list */
+    CU_ASSERT(instead && !strcmp(instead, good_path));
+    CU_ASSERT(json_is_null(json_object_get(good, "used_instead")));
+    json_decref(list);
+
+    /* the table's diagnostic: the refusal, its reason, and the file used instead */
+    tl_result r = tl_ctarget_run(NULL, NULL, env, (const char *const[]){"plugins", NULL});
+    TL_ASSERT_EXIT(r, 0);
+    char *want = NULL;
+    if (asprintf(&want, "ctarget: warning: refused %s: file is world-writable", f) < 0)
+        abort();
+    CU_ASSERT(tl_contains(r.err, want));
+    char *tail = NULL;
+    if (asprintf(&tail, "; using %s\n", good_path) < 0)
+        abort();
+    CU_ASSERT(tl_contains(r.err, tail));
+    CU_ASSERT_EQUAL(count_lines(r.err, "testssh.so"), 1);
+    if (!tl_contains(r.err, tail))
+        tl_dump("plugins", &r);
+    tl_result_free(&r);
+
+    /* a command that needs the type uses the good file and warns once, naming both */
+    char *ws = tl_tmpdir("ws");
+    const char *att[] = {"compute", "attach", "vm1", "--type", "testssh", "--set",
+                         "address=10.3.3.4", "--set", "username=u", "--set",
+                         "password=pw-123456", NULL};
+    r = tl_ctarget_run(ws, NULL, env, att);
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT_EQUAL(count_lines(r.err, "refused"), 1);
+    CU_ASSERT(tl_contains(r.err, f) && tl_contains(r.err, "world-writable") &&
+              tl_contains(r.err, tail));
+    tl_result_free(&r);
+    const char *show[] = {"compute", "show", "vm1", "--output", "json", NULL};
+    r = tl_ctarget_run(ws, NULL, env, show);
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "plugin")), good_path);
+    json_decref(j);
+    tl_result_free(&r);
+    free(good_path);
+    free(ws), free(want), free(tail), free(pp), free(f), free(d);
+}
+
+/* Every file of a type refused: the type is unavailable, the error names the first file and
+ * its reason and counts the others. */
+static void t_type_unavailable_when_every_file_refused(void)
+{
+    char *d1 = plugdir("plug"), *d2 = plugdir("plug");
+    copy_plugin("testssh.so", d1, "zz.so");
+    copy_plugin("testssh.so", d2, "zz.so");
+    char *f1 = tl_path(d1, "zz.so");
+    chmod(f1, 0757);
+    char *pp = NULL;
+    if (asprintf(&pp, "CTARGET_PLUGIN_PATH=%s:%s", d1, d2) < 0)
+        abort();
+    const char *env[] = {pp, NULL};
+    json_t *list = plugins_json(env);
+    json_t *a = find(list, "zz", d1), *b = find(list, "zz", d2);
+    CU_ASSERT_STRING_EQUAL(status_of(a), "refused");
+    CU_ASSERT_STRING_EQUAL(status_of(b), "refused"); /* named testssh inside */
+    CU_ASSERT(tl_contains(reason_of(b), "declares name 'testssh'"));
+    CU_ASSERT(json_is_null(json_object_get(a, "used_instead")));
+    json_decref(list);
+    char *ws = tl_tmpdir("ws");
+    const char *att[] = {"compute", "attach", "zz1", "--type", "zz", NULL};
+    tl_result r = tl_ctarget_run(ws, NULL, env, att);
+    CU_ASSERT(r.status != 0 && r.status < 128);
+    CU_ASSERT(tl_contains(r.err, "target type 'zz' is unavailable"));
+    CU_ASSERT(tl_contains(r.err, f1) && tl_contains(r.err, "world-writable"));
+    CU_ASSERT(tl_contains(r.err, "and 1 more zz.so refused"));
+    tl_result_free(&r);
+    free(ws), free(pp), free(f1), free(d1), free(d2);
+}
+
+/* A shadowed file is never opened: its constructor does not run. */
+static void t_shadowed_file_never_opened(void)
+{
+    char *d1 = plugdir("plug"), *d2 = plugdir("plug");
+    char *src = tl_path(tl_builddir(), "tests/plugins/ctor/ctormark.so");
+    char *dirs[2] = {d1, d2};
+    for (int i = 0; i < 2; i++) {
+        char *to = tl_path(dirs[i], "ctormark.so");
+        const char *cp[] = {"cp", src, to, NULL};
+        tl_result r = tl_exec(cp, NULL, NULL);
+        TL_ASSERT_EXIT(r, 0);
+        tl_result_free(&r);
+        chmod(to, 0755);
+        free(to);
+    }
+    char *mdir = tl_tmpdir("mark"), *mark = tl_path(mdir, "mark");
+    char *menv = NULL, *pp = NULL;
+    if (asprintf(&menv, "CTARGET_TEST_CTOR_MARK=%s", mark) < 0 ||
+        asprintf(&pp, "CTARGET_PLUGIN_PATH=%s:%s", d1, d2) < 0)
+        abort();
+    const char *env[] = {pp, menv, NULL};
+    json_t *list = plugins_json(env);
+    CU_ASSERT_STRING_EQUAL(status_of(find(list, "ctormark", d1)), "loaded");
+    CU_ASSERT_STRING_EQUAL(status_of(find(list, "ctormark", d2)), "shadowed");
+    json_decref(list);
+    char *marks = tl_read_file(mark);
+    CU_ASSERT_STRING_EQUAL(marks ? marks : "", "loaded\n"); /* the first copy only */
+    free(marks);
+    free(src), free(mark), free(mdir), free(menv), free(pp), free(d1), free(d2);
 }
 
 static void expect_no_targets_but_local(const char *ws)
@@ -528,6 +662,9 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_world_writable_file_and_directory_refused);
     TL_ADD(s, t_refused_for_permissions_before_any_code_runs);
     TL_ADD(s, t_first_in_search_path_wins_later_ones_shadowed);
+    TL_ADD(s, t_refused_earlier_file_does_not_hide_a_good_later_one);
+    TL_ADD(s, t_type_unavailable_when_every_file_refused);
+    TL_ADD(s, t_shadowed_file_never_opened);
     TL_ADD(s, t_refused_type_cannot_be_used);
     TL_ADD(s, t_failing_init_reaches_the_user);
     TL_ADD(s, t_older_plugin_with_shorter_table_works);

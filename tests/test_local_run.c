@@ -173,7 +173,7 @@ static int is_final(ctarget_run_state s)
            s == CTARGET_RUN_NOT_RESPONDING;
 }
 
-/* Poll until a final state or ms pass. */
+/* Poll until a final state or ms pass (callers give guards far above what a run needs). */
 static ctarget_run_poll wait_final_t(ctarget_target *t, trun *r, long ms)
 {
     long long end = tl_now_ms() + ms;
@@ -258,9 +258,10 @@ static char *read_bytes(const char *path, size_t *len)
     return d;
 }
 
-/* A script that waits (at most 20 s) until the file `go` appears in its directory. */
+/* A script that waits until the file `go` appears in its directory (at most 120 s: a guard
+ * against a hang, far above what any test needs). */
 #define WAIT_GO "import os, time\n"                                                     \
-                "for _ in range(400):\n"                                                \
+                "for _ in range(2400):\n"                                                \
                 "    if os.path.exists('go'): break\n"                                  \
                 "    time.sleep(0.05)\n"
 
@@ -283,7 +284,7 @@ static void t_completed_outputs_and_cleanup(void)
     CU_ASSERT_FATAL(start(r));
     CU_ASSERT(handle_int(r, "pid") > 0);
     CU_ASSERT(handle_int(r, "wrapper_pid") > 0);
-    ctarget_run_poll p = wait_final(r, 20000);
+    ctarget_run_poll p = wait_final(r, 120000);
     CU_ASSERT_EQUAL(p.state, CTARGET_RUN_COMPLETED);
     CU_ASSERT(p.has_exit_code && p.exit_code == 0);
     CU_ASSERT_STRING_EQUAL(p.native_state, "exited");
@@ -326,7 +327,7 @@ static void t_exit_code(void)
     CU_ASSERT_FATAL(setup());
     trun *r = trun_new("import sys\nprint('failing')\nsys.exit(3)\n");
     CU_ASSERT_FATAL(start(r));
-    ctarget_run_poll p = wait_final(r, 20000);
+    ctarget_run_poll p = wait_final(r, 120000);
     CU_ASSERT_EQUAL(p.state, CTARGET_RUN_FAILED);
     CU_ASSERT(p.has_exit_code);
     CU_ASSERT_EQUAL(p.exit_code, 3);
@@ -340,7 +341,7 @@ static void t_killed_by_signal(void)
     CU_ASSERT_FATAL(setup());
     trun *r = trun_new("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n");
     CU_ASSERT_FATAL(start(r));
-    ctarget_run_poll p = wait_final(r, 20000);
+    ctarget_run_poll p = wait_final(r, 120000);
     CU_ASSERT_EQUAL(p.state, CTARGET_RUN_FAILED);
     CU_ASSERT(!p.has_exit_code);
     CU_ASSERT_EQUAL(p.term_signal, 9);
@@ -361,7 +362,7 @@ static void t_missing_script(void)
     CU_ASSERT_EQUAL(op_submit(T, r, &err), CTARGET_E_NOT_FOUND);
     r->info.script = "main.py";
     CU_ASSERT_EQUAL(op_submit(T, r, &err), CTARGET_OK);
-    CU_ASSERT_EQUAL(wait_final(r, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(r, 120000).state, CTARGET_RUN_COMPLETED);
     trun_free(r);
 }
 
@@ -393,7 +394,7 @@ static void t_arguments_byte_for_byte(void)
     r->info.args = args;
     r->info.n_args = n;
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT_EQUAL(wait_final(r, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(r, 120000).state, CTARGET_RUN_COMPLETED);
     char expect[512];
     size_t elen = 0;
     for (size_t i = 0; i < n; i++) {
@@ -427,7 +428,7 @@ static void t_environment_variables(void)
     r->info.env = env;
     r->info.n_env = 2;
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT_EQUAL(wait_final(r, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(r, 120000).state, CTARGET_RUN_COMPLETED);
     char *path = tl_path(r->src, "outputs/env.json");
     json_t *j = json_load_file(path, 0, NULL);
     CU_ASSERT_FATAL(j != NULL);
@@ -460,7 +461,7 @@ static void t_metrics_by_offset(void)
                        "        f.write(json.dumps({'name': 'loss', 'value': 1.0 / (i + 1), "
                        "'step': i}) + '\\n')\n");
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT_EQUAL(wait_final(r, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(r, 120000).state, CTARGET_RUN_COMPLETED);
     buf all = read_stream(r, CTARGET_STREAM_METRICS, 0);
     int lines = 0;
     for (size_t i = 0; i < all.len; i++)
@@ -486,14 +487,14 @@ static void t_logs_while_running(void)
     CU_ASSERT_FATAL(setup());
     trun *r = trun_new("print('first line')\n" WAIT_GO "print('second line')\n");
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT(wait_log(r, "first line\n", 10000));
+    CU_ASSERT(wait_log(r, "first line\n", 60000));
     CU_ASSERT_EQUAL(poll_t(T, r, 0).state, CTARGET_RUN_RUNNING);
     buf b = read_stream(r, CTARGET_STREAM_LOG, 0);
     size_t off = b.len;
     CU_ASSERT(!tl_contains(b.data, "second line"));
     free(b.data);
     release(r);
-    CU_ASSERT_EQUAL(wait_final(r, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(r, 120000).state, CTARGET_RUN_COMPLETED);
     b = read_stream(r, CTARGET_STREAM_LOG, off);
     CU_ASSERT_STRING_EQUAL(b.data, "second line\n");
     free(b.data);
@@ -508,12 +509,12 @@ static void t_cancel_term_ignored_then_kill(void)
     /* the script and its grandchild both ignore SIGTERM: only SIGKILL ends them */
     trun *r = trun_new("import signal, subprocess, time\n"
                        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                       "subprocess.Popen(['sh', '-c', 'trap \"\" TERM; sleep 30; :'])\n"
+                       "subprocess.Popen(['sh', '-c', 'trap \"\" TERM; sleep 600; :'])\n"
                        "print('ready', flush=True)\n"
-                       "time.sleep(30)\n");
+                       "time.sleep(600)\n");
     r->info.cancel_grace_seconds = 1;
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT_FATAL(wait_log(r, "ready", 10000));
+    CU_ASSERT_FATAL(wait_log(r, "ready", 60000));
     pid_t pgid = (pid_t)handle_int(r, "pid");
     CU_ASSERT_FATAL(pgid > 0);
     CU_ASSERT_EQUAL(kill(-pgid, 0), 0);
@@ -524,12 +525,12 @@ static void t_cancel_term_ignored_then_kill(void)
     long long t0 = tl_now_ms();
     CU_ASSERT_EQUAL(PL->run.cancel(PL->ctx, &c, T, &r->info, &err), CTARGET_OK);
     long long took = tl_now_ms() - t0;
-    CU_ASSERT(took >= 900);   /* it waited the grace: TERM was ignored */
-    CU_ASSERT(took < 8000);   /* and did not wait for the scripts' 30 s */
+    CU_ASSERT(took >= 900);    /* it waited the grace: TERM was ignored */
+    CU_ASSERT(took < 120000);  /* and did not wait for the scripts' 600 s */
     errno = 0;
     CU_ASSERT_EQUAL(kill(-pgid, 0), -1);
     CU_ASSERT_EQUAL(errno, ESRCH);
-    ctarget_run_poll p = wait_final(r, 5000);
+    ctarget_run_poll p = wait_final(r, 60000);
     CU_ASSERT_EQUAL(p.state, CTARGET_RUN_CANCELED);
     CU_ASSERT_EQUAL(p.term_signal, 9);
     trun_free(r);
@@ -538,9 +539,10 @@ static void t_cancel_term_ignored_then_kill(void)
 static void t_cancel_term_honoured(void)
 {
     CU_ASSERT_FATAL(setup());
-    trun *r = trun_new("import time\nprint('ready', flush=True)\ntime.sleep(30)\n");
+    trun *r = trun_new("import time\nprint('ready', flush=True)\ntime.sleep(600)\n");
+    r->info.cancel_grace_seconds = 600; /* a cancel that waited it would show */
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT_FATAL(wait_log(r, "ready", 10000));
+    CU_ASSERT_FATAL(wait_log(r, "ready", 60000));
     pid_t pgid = (pid_t)handle_int(r, "pid");
     ctarget_call c;
     call_init(&c, "cancel");
@@ -548,7 +550,7 @@ static void t_cancel_term_honoured(void)
     ctarget_error_init(&err);
     long long t0 = tl_now_ms();
     CU_ASSERT_EQUAL(PL->run.cancel(PL->ctx, &c, T, &r->info, &err), CTARGET_OK);
-    CU_ASSERT(tl_now_ms() - t0 < 5000); /* no need to wait the 10 s grace */
+    CU_ASSERT(tl_now_ms() - t0 < 120000); /* no need to wait the 600 s grace */
     CU_ASSERT(kill(-pgid, 0) == -1 && errno == ESRCH);
     ctarget_run_poll p = poll_t(T, r, 0);
     CU_ASSERT_EQUAL(p.state, CTARGET_RUN_CANCELED);
@@ -561,7 +563,7 @@ static void t_cancel_after_finish_stays_completed(void)
     CU_ASSERT_FATAL(setup());
     trun *r = trun_new("print('done')\n");
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT_EQUAL(wait_final(r, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(r, 120000).state, CTARGET_RUN_COMPLETED);
     ctarget_call c;
     call_init(&c, "cancel");
     ctarget_error err;
@@ -580,7 +582,7 @@ static void t_reattach_from_handle(void)
     CU_ASSERT_FATAL(setup());
     trun *r = trun_new("print('before')\n" WAIT_GO "print('after')\nraise SystemExit(7)\n");
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT(wait_log(r, "before", 10000));
+    CU_ASSERT(wait_log(r, "before", 60000));
     /* a new monitor: a fresh plugin context, a fresh target handle, and nothing but the
      * persisted handle (round-tripped through JSON text, as the store keeps it) */
     char *text = json_dumps(r->handle, JSON_COMPACT);
@@ -601,7 +603,7 @@ static void t_reattach_from_handle(void)
     CU_ASSERT_EQUAL(p.state, CTARGET_RUN_RUNNING);
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(h2, "pid")), handle_int(r, "pid"));
     release(r);
-    long long end = tl_now_ms() + 20000;
+    long long end = tl_now_ms() + 120000; /* a guard */
     do {
         CU_ASSERT_EQUAL(PL->run.poll(ctx2, &c, t2, &info, 200, &p, &err), CTARGET_OK);
     } while (!is_final(p.state) && tl_now_ms() < end);
@@ -638,7 +640,7 @@ static void t_not_responding(void)
     CU_ASSERT_FATAL(setup());
     trun *r = trun_new("import time\nprint('ready', flush=True)\ntime.sleep(30)\n");
     CU_ASSERT_FATAL(start(r));
-    CU_ASSERT_FATAL(wait_log(r, "ready", 10000));
+    CU_ASSERT_FATAL(wait_log(r, "ready", 60000));
     pid_t wrapper = (pid_t)handle_int(r, "wrapper_pid"), pgid = (pid_t)handle_int(r, "pid");
     CU_ASSERT_FATAL(wrapper > 0 && pgid > 0);
     /* the machine "restarts": wrapper first, so it cannot record the script's end */
@@ -648,7 +650,7 @@ static void t_not_responding(void)
         nanosleep(&ts, NULL);
     }
     kill(-pgid, SIGKILL);
-    ctarget_run_poll p = wait_final(r, 5000);
+    ctarget_run_poll p = wait_final(r, 60000);
     CU_ASSERT_EQUAL(p.state, CTARGET_RUN_NOT_RESPONDING);
     CU_ASSERT(tl_contains(p.reason, "no exit status"));
     CU_ASSERT(!p.has_exit_code);
@@ -682,14 +684,14 @@ static void t_queue_one_slot_in_order(void)
     CU_ASSERT_EQUAL(poll_t(t1, r4, 0).state, CTARGET_RUN_CANCELED);
 
     release(r1);
-    CU_ASSERT_EQUAL(wait_final_t(t1, r1, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final_t(t1, r1, 120000).state, CTARGET_RUN_COMPLETED);
     /* r3's monitor polls first, but the free slot goes to r2, next in submission order */
     CU_ASSERT_EQUAL(poll_t(t1, r3, 0).state, CTARGET_RUN_QUEUED);
     CU_ASSERT_EQUAL(poll_t(t1, r2, 0).state, CTARGET_RUN_RUNNING);
     CU_ASSERT_EQUAL(poll_t(t1, r3, 300).state, CTARGET_RUN_QUEUED);
     release(r2);
-    CU_ASSERT_EQUAL(wait_final_t(t1, r2, 20000).state, CTARGET_RUN_COMPLETED);
-    CU_ASSERT_EQUAL(wait_final_t(t1, r3, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final_t(t1, r2, 120000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final_t(t1, r3, 120000).state, CTARGET_RUN_COMPLETED);
     CU_ASSERT(handle_int(r3, "started_ms") >= handle_int(r2, "started_ms"));
     char *r4pid = tl_path(r4->work, "pid");
     struct stat st;
@@ -833,7 +835,7 @@ static void t_venv_build_and_reuse(void)
     CU_ASSERT_FATAL(env_dir != NULL);
     CU_ASSERT(tl_contains(env_dir, "/envs/pip-hashA-"));
     CU_ASSERT(log_has(a, "building environment"));
-    CU_ASSERT_EQUAL(wait_final(a, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(a, 120000).state, CTARGET_RUN_COMPLETED);
     CU_ASSERT(log_has(a, "venv=True"));
     char *want = NULL;
     if (asprintf(&want, "prefix=%s\n", env_dir) > 0)
@@ -845,7 +847,7 @@ static void t_venv_build_and_reuse(void)
     CU_ASSERT(log_has(b, "reusing environment"));
     CU_ASSERT(!log_has(b, "building environment"));
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(b->handle, "env_dir")), env_dir);
-    CU_ASSERT_EQUAL(wait_final(b, 20000).state, CTARGET_RUN_COMPLETED);
+    CU_ASSERT_EQUAL(wait_final(b, 120000).state, CTARGET_RUN_COMPLETED);
     trun_free(a);
     trun_free(b);
 }
@@ -1053,7 +1055,7 @@ static void t_prepare_snapshot(void)
         free(marker);
         r->info.snapshot_id = id;
         CU_ASSERT_FATAL(start(r));
-        CU_ASSERT_EQUAL(wait_final(r, 20000).state, CTARGET_RUN_COMPLETED);
+        CU_ASSERT_EQUAL(wait_final(r, 120000).state, CTARGET_RUN_COMPLETED);
         CU_ASSERT(log_has(r, "from the snapshot"));
         trun_free(r);
     }

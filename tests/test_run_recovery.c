@@ -44,15 +44,18 @@ static char *expected_log(const char *const *args, int nargs, int lines)
 
 /* kill -9 of the monitor while the run executes: the next command notices, starts a new
  * monitor that reattaches (not resubmits), and the run ends with complete logs, metrics
- * and exit code. */
+ * and exit code.  The script cannot end before the end_after gate opens, so the monitor is
+ * always killed mid-run, after it ingested every line and metric (the replacement must not
+ * ingest them twice). */
 static void t_kill_monitor(void)
 {
     char *ws = rl_workspace(), *src = rl_source();
-    const char *const args[] = {"run_ms=2500", "lines=10", "metrics=5", "exit=0", NULL};
+    const char *const args[] = {"run_ms=300", "lines=10", "metrics=5", "exit=0",
+                                "end_after=end", NULL};
     char *id = rl_submit(ws, src, NULL, args);
     CU_ASSERT_FATAL(id != NULL);
-    CU_ASSERT(rl_wait_for(ws, id, "Running", 5000));
-    rl_sleep_ms(300);
+    CU_ASSERT(rl_wait_for(ws, id, "Running", 60000));
+    CU_ASSERT(rl_wait_log(ws, id, "line 10 of 10\n", 60000));
     int alive = 0;
     long pid = monitor_pid(ws, id, &alive, NULL);
     CU_ASSERT(alive && pid > 1);
@@ -64,6 +67,7 @@ static void t_kill_monitor(void)
     long long starts = 0;
     long pid2 = monitor_pid(ws, id, &alive, &starts); /* `run show` restarts it */
     (void)pid2;
+    rl_gate(ws, id, "end");
     CU_ASSERT_EQUAL(rl_wait(ws, id), 0);
     json_t *j = rl_show(ws, id);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "status")), "Completed");
@@ -77,7 +81,7 @@ static void t_kill_monitor(void)
     json_decref(j);
     char *p = rl_run_file(ws, id, "std_log.txt");
     char *log = tl_read_file(p);
-    char *want = expected_log(args, 4, 10);
+    char *want = expected_log(args, 5, 10);
     CU_ASSERT_STRING_EQUAL(log, want);
     free(want);
     free(log);
@@ -91,21 +95,25 @@ static void t_kill_monitor(void)
     free(id);
 }
 
-/* A monitor killed after cancel was requested: the replacement still cancels. */
+/* A monitor killed after cancel was requested: the replacement still cancels.  The cancel
+ * takes effect only when the cancel_after gate opens, after the kill. */
 static void t_kill_monitor_while_canceling(void)
 {
     char *ws = rl_workspace(), *src = rl_source();
-    char *id = rl_submit(ws, src, NULL, SIM("run_ms=20000", "cancel_ms=800"));
-    CU_ASSERT(rl_wait_for(ws, id, "Running", 5000));
+    char *id = rl_submit(ws, src, NULL, SIM("end_after=never", "cancel_after=go"));
+    CU_ASSERT(rl_wait_for(ws, id, "Running", 60000));
     long pid = monitor_pid(ws, id, NULL, NULL);
     tl_result r = TL_CT(ws, "run", "cancel", id);
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
-    rl_sleep_ms(100);
     CU_ASSERT_EQUAL(kill((pid_t)pid, SIGKILL), 0);
     for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++)
         rl_sleep_ms(10);
+    rl_gate(ws, id, "go");
     CU_ASSERT_EQUAL(rl_wait(ws, id), 130);
+    long long starts = 0;
+    monitor_pid(ws, id, NULL, &starts);
+    CU_ASSERT_EQUAL(starts, 2); /* the replacement did the canceling */
     free(id);
 }
 
@@ -171,7 +179,7 @@ static void t_burst(void)
     long long submitted = tl_now_ms() - t0;
     int done = 0;
     json_t *j = NULL;
-    for (int i = 0; i < 600 && !done; i++) { /* bounded: 60 s */
+    for (int i = 0; i < 1800 && !done; i++) { /* a guard: 180 s (a few s are needed) */
         json_decref(j);
         r = TL_CT(ws, "run", "list", "--status", "Completed", "-o", "json");
         j = r.status == 0 ? tl_json(&r) : NULL;

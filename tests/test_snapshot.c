@@ -17,6 +17,7 @@
 
 #include "blobstore.h"
 #include "snapshot.h"
+#include "util.h"
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -291,11 +292,16 @@ static void t_stat_cache_reads_nothing_unchanged(void)
 }
 
 /* The stat cache does not look at every cached blob: only at those in blob store directories
- * whose stamp changed since it was written.  Needs stamps older than the racy margin (1 s),
- * so this test sleeps once. */
-static long long blobs_checked(const char *ws, const char *src, json_t **out)
+ * whose stamp changed since it was written.  Whether a stamp is older than the racy margin
+ * (1 s) is set by construction, not by sleeping: CTARGET_TEST_CLOCK_SHIFT_S moves the clock
+ * that decision reads an hour back (every stamp is young) or two seconds on (every stamp
+ * is old). */
+#define CLOCK_YOUNG "CTARGET_TEST_CLOCK_SHIFT_S=-3600"
+#define CLOCK_OLD "CTARGET_TEST_CLOCK_SHIFT_S=2"
+static long long blobs_checked(const char *ws, const char *src, const char *clock, json_t **out)
 {
-    tl_result r = SNAP(ws, "create", src, "--output", "json", "-v", "-v");
+    const char *const env[] = {clock, NULL};
+    tl_result r = SNAP_ENV(ws, env, "create", src, "--output", "json", "-v", "-v");
     TL_ASSERT_EXIT(r, 0);
     const char *m = strstr(r.err ? r.err : "", "stat cache ");
     const char *p = m ? strstr(m, " ms (") : NULL;
@@ -316,15 +322,12 @@ static void t_stat_cache_checks_blobs_only_where_the_store_changed(void)
     age_tree(src, 1600000000);
     json_t *j1, *j2, *j3, *j4, *j5;
     /* cold: nothing cached; the blob directories just written are too young to trust */
-    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j1), 0);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, CLOCK_YOUNG, &j1), 0);
     CU_ASSERT_EQUAL(jint(j1, "hashed_files"), 40);
-    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j2), 40);
-    sleep(1);
-    struct timespec pause = {0, 200000000};
-    nanosleep(&pause, NULL);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, CLOCK_YOUNG, &j2), 40);
     /* every cached blob looked at once more, then their directories are trusted */
-    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j3), 40);
-    CU_ASSERT_EQUAL(blobs_checked(ws, src, &j4), 0);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, CLOCK_OLD, &j3), 40);
+    CU_ASSERT_EQUAL(blobs_checked(ws, src, CLOCK_OLD, &j4), 0);
     CU_ASSERT_EQUAL(jint(j4, "hashed_files"), 0);
     CU_ASSERT_STRING_EQUAL(jstr(j1, "id"), jstr(j4, "id"));
     /* a blob removed by hand changes its directory: that directory's blobs are looked at,
@@ -333,7 +336,7 @@ static void t_stat_cache_checks_blobs_only_where_the_store_changed(void)
     char *root = blob_root_for_ws(ws);
     char *bp = blob_path(root, jstr(show_entry(s, "d2/f6.txt"), "sha256"));
     CU_ASSERT_EQUAL(unlink(bp), 0);
-    long long checked = blobs_checked(ws, src, &j5);
+    long long checked = blobs_checked(ws, src, CLOCK_OLD, &j5);
     CU_ASSERT(checked >= 1 && checked < 40);
     CU_ASSERT_EQUAL(jint(j5, "hashed_files"), 1);
     CU_ASSERT_EQUAL(jint(j5, "new_bytes"), (long long)strlen("d2/f6.txt"));
@@ -636,41 +639,63 @@ static void t_unreadable_fails_naming_it(void)
 }
 
 /* A file written to during the whole snapshot is never stored torn: the snapshot fails and
- * names it. */
+ * names it.  The core's hash-read hook appends to the file after every open and fstat, before
+ * anything is read, so each attempt is guaranteed to see it change (no racing writer).
+ * 2 MB: more than one hashing chunk, so the torn copies went to temporary blob files. */
 static void t_changing_file_never_stored_torn(void)
 {
     char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
-    /* big enough that each read takes tens of milliseconds: the writer, even with the CPU
-     * shared by parallel tests, appends during every one of them (with 4 MB, a read could
-     * fall between two of its time slices and find the file still) */
-    const off_t size = 32 << 20;
+    const off_t size = 2 << 20;
     put_size(src, "log.bin", (size_t)size, 'l');
     char *p = tl_path(src, "log.bin");
-    pid_t pid = fork();
-    CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        int fd = open(p, O_WRONLY | O_APPEND);
-        long long end = tl_now_ms() + 20000; /* bounded even if the parent dies */
-        while (fd >= 0 && tl_now_ms() < end)
-            if (write(fd, "x", 1) != 1)
-                break;
-        _exit(0);
-    }
-    /* the writer is running before the snapshot starts */
-    struct stat st = {0};
-    for (long long end = tl_now_ms() + 10000; tl_now_ms() < end; usleep(1000))
-        if (stat(p, &st) == 0 && st.st_size > size + 100)
-            break;
-    CU_ASSERT(st.st_size > size + 100);
-    tl_result r = SNAP(ws, "create", src);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    const char *const env[] = {"CTARGET_TEST_HOOK=hash-read=printf x >> \"$1\"", NULL};
+    tl_result r = SNAP_ENV(ws, env, "create", src);
     TL_ASSERT_EXIT(r, 1);
     CU_ASSERT(tl_contains(r.err, "log.bin kept changing"));
+    CU_ASSERT(tl_contains(r.err, "(4 attempts)"));
     CU_ASSERT_EQUAL(count_blobs(ws), 0);
+    struct stat st;
+    CU_ASSERT_EQUAL(stat(p, &st), 0);
+    CU_ASSERT_EQUAL(st.st_size, size + 4); /* the hook ran once per attempt */
     tl_result_free(&r);
     free(p);
     free(ws), free(src);
+}
+
+/* A file that changes during its first read only is read again and stored as it is after
+ * the change, never as the mix the first read saw. */
+static void t_file_changed_once_is_read_again(void)
+{
+    char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src"), *aside = tl_tmpdir("aside");
+    const size_t size = 2 << 20;
+    put_size(src, "data.bin", size, 'd');
+    char *mark = tl_path(aside, "changed");
+    char *hook = xasprintf("CTARGET_TEST_HOOK=hash-read=[ -e '%s' ] || "
+                     "{ : > '%s'; printf tail >> \"$1\"; }", mark, mark);
+    const char *const env[] = {hook, NULL};
+    tl_result r = SNAP_ENV(ws, env, "create", src, "--output", "json", "-v");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.err, "data.bin changed while it was read; reading it again"));
+    CU_ASSERT_EQUAL(access(mark, F_OK), 0);
+    json_t *j = r.status == 0 ? tl_json(&r) : NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    json_t *s = show(ws, jstr(j, "id"));
+    CU_ASSERT_EQUAL(jint(show_entry(s, "data.bin"), "size"), (long long)size + 4);
+    char *root = blob_root_for_ws(ws);
+    char *bp = blob_path(root, jstr(show_entry(s, "data.bin"), "sha256"));
+    size_t got_len = 0, want_len = 0;
+    char *got = file_read_all(bp, &got_len), *dp = tl_path(src, "data.bin");
+    char *want = file_read_all(dp, &want_len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(got);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(want);
+    CU_ASSERT_EQUAL(got_len, size + 4);
+    CU_ASSERT(got_len == want_len && memcmp(got, want, got_len) == 0);
+    CU_ASSERT_EQUAL(count_blobs(ws), 2); /* data.bin and the manifest: no torn copy */
+    free(got), free(want), free(dp), free(bp), free(root);
+    json_decref(s), json_decref(j);
+    tl_result_free(&r);
+    free(mark), free(hook);
+    free(ws), free(src), free(aside);
 }
 
 /* ---- git ---------------------------------------------------------------------------------- */
@@ -1111,7 +1136,7 @@ static void rewrite_in_place(const char *dir, const char *rel, const char *conte
 /* create with debug logging: how many directories were read, and how many came from the listing cache */
 static void walk_counts(const char *ws, const char *src, json_t **out, long *read, long *cached)
 {
-    const char *const env[] = {"CTARGET_LOG=debug", NULL};
+    const char *const env[] = {"CTARGET_LOG=debug", CLOCK_OLD, NULL};
     tl_result r = SNAP_ENV(ws, env, "create", src, "--output", "json");
     TL_ASSERT_EXIT(r, 0);
     *out = r.status == 0 ? tl_json(&r) : NULL;
@@ -1126,7 +1151,8 @@ static void walk_counts(const char *ws, const char *src, json_t **out, long *rea
 
 /* The listing cache: a directory whose stamp is as recorded is not read again, yet ignore
  * rules, added and removed names and a damaged cache file all give the right tree.  Needs
- * directories older than the racy margin (1 s), so this test sleeps once. */
+ * directories older than the racy margin (1 s): walk_counts shifts the clock that decision
+ * reads two seconds on (CLOCK_OLD) instead of sleeping. */
 static void t_listing_cache(void)
 {
     char *ws = tl_tmpdir("ws"), *src = tl_tmpdir("src");
@@ -1136,7 +1162,6 @@ static void t_listing_cache(void)
     put(src, "a/y.log", "y", 0644);
     put(src, "b/c/z.txt", "z", 0644);
     age_tree(src, 1600000000);
-    nanosleep(&(struct timespec){1, 300000000}, NULL);
     json_t *j1, *j2, *j3, *j4, *j5;
     long rd, ca;
     walk_counts(ws, src, &j1, &rd, &ca);
@@ -1214,6 +1239,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_symlinks_and_fifo);
     TL_ADD(s, t_unreadable_fails_naming_it);
     TL_ADD(s, t_changing_file_never_stored_torn);
+    TL_ADD(s, t_file_changed_once_is_read_again);
     TL_ADD(s, t_git_info);
     TL_ADD(s, t_no_checkout_no_git);
     TL_ADD(s, t_strip_credentials);

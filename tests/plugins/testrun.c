@@ -15,6 +15,12 @@
  *   lost_ms=N      NOT_RESPONDING for the first N ms of the running time, then back
  *   cancel_ms=N    a cancel takes effect N ms after it was asked for  default 0
  *   prepare_fail=1 prepare() fails as a broken environment build would
+ * Gates make a state last exactly until the test moves on (no race against a timer): each
+ * names a file in work_dir that the test creates; the file's mtime is when the gate opened.
+ *   queue_until=F  Queued until F exists (the running time starts then)
+ *   lost_until=F   NOT_RESPONDING from the start of the running time until F exists
+ *   end_after=F    the script does not end by itself before F exists
+ *   cancel_after=F a cancel does not take effect before F exists
  * The log starts with one line per argument ("arg[i]=<bytes>") and per environment entry
  * ("env NAME=value", plus "env_kind K hash H"); fetch_outputs writes outputs/model.txt.
  * submit() appends to work_dir/submits, so tests can count starts.
@@ -44,7 +50,17 @@ static const ctarget_host *H;
 typedef struct sim {
     long long queue_ms, run_ms, exit_code, sig, lines, metrics, badmetric, vanish, lost_ms,
         cancel_ms, prepare_fail;
+    const char *queue_until, *lost_until, *end_after, *cancel_after; /* gates, or NULL */
 } sim;
+
+static const char *arg_str(const ctarget_run_info *r, const char *key)
+{
+    size_t kl = strlen(key);
+    for (size_t i = 0; i < r->n_args; i++)
+        if (!strncmp(r->args[i], key, kl) && r->args[i][kl] == '=')
+            return r->args[i] + kl + 1;
+    return NULL;
+}
 
 static long long arg_ll(const ctarget_run_info *r, const char *key, long long dflt)
 {
@@ -68,6 +84,10 @@ static void sim_read(const ctarget_run_info *r, sim *s)
     s->lost_ms = arg_ll(r, "lost_ms", 0);
     s->cancel_ms = arg_ll(r, "cancel_ms", 0);
     s->prepare_fail = arg_ll(r, "prepare_fail", 0);
+    s->queue_until = arg_str(r, "queue_until");
+    s->lost_until = arg_str(r, "lost_until");
+    s->end_after = arg_str(r, "end_after");
+    s->cancel_after = arg_str(r, "cancel_after");
 }
 
 static char *wfile(const ctarget_run_info *r, const char *name)
@@ -98,10 +118,24 @@ static int start_of(const ctarget_run_info *r, long long *start)
     return H->obj_get_int(r->handle, "start_ms", start) ? 0 : -1;
 }
 
-/* The simulated clock: ms since submit, frozen when a cancel took effect. */
+/* When gate file `name` in work_dir was created (ms since the epoch), or -1: not yet. */
+static long long gate_ms(const ctarget_run_info *r, const char *name)
+{
+    char *p = wfile(r, name);
+    struct stat st;
+    int ok = stat(p, &st) == 0;
+    free(p);
+    return ok ? (long long)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000 : -1;
+}
+
+#define NEVER (1LL << 60)
+
+/* The simulated clock: ms since submit (less the time a queue gate held it), frozen when a
+ * cancel took effect. */
 typedef struct simclock {
     long long t, end;   /* elapsed; when the script ends by itself */
     int canceled;       /* a cancel took effect before the script ended */
+    int lost;           /* a lost_until gate is still closed */
 } simclock;
 
 static int sim_clock(const ctarget_run_info *r, const sim *s, simclock *c)
@@ -109,13 +143,42 @@ static int sim_clock(const ctarget_run_info *r, const sim *s, simclock *c)
     long long start;
     if (start_of(r, &start))
         return -1;
-    c->t = H->now_ms() - start;
+    long long now = H->now_ms();
+    c->t = now - start;
     c->end = s->queue_ms + s->run_ms;
     c->canceled = 0;
+    c->lost = 0;
+    if (s->queue_until) {
+        long long q = gate_ms(r, s->queue_until);
+        if (q < 0) {
+            if (c->t > s->queue_ms - 1)
+                c->t = s->queue_ms - 1; /* held at the end of the queue */
+        } else if (q - start > s->queue_ms) {
+            start = q - s->queue_ms; /* the running time starts at the gate */
+            c->t = now - start;
+        }
+    }
+    if (s->end_after) {
+        long long e = gate_ms(r, s->end_after);
+        if (e < 0)
+            c->end = NEVER;
+        else if (e - start > c->end)
+            c->end = e - start;
+    }
+    if (s->lost_until)
+        c->lost = gate_ms(r, s->lost_until) < 0;
     long long ct = cancel_time(r);
-    if (ct >= 0 && ct - start < c->end && c->t >= ct - start + s->cancel_ms) {
+    long long effect = ct - start + s->cancel_ms;
+    if (ct >= 0 && s->cancel_after) {
+        long long g = gate_ms(r, s->cancel_after);
+        if (g < 0)
+            effect = NEVER;
+        else if (g - start > effect)
+            effect = g - start;
+    }
+    if (ct >= 0 && ct - start < c->end && c->t >= effect) {
         c->canceled = 1;
-        c->t = ct - start + s->cancel_ms;
+        c->t = effect;
         if (c->t > c->end)
             c->t = c->end;
     }
@@ -260,7 +323,7 @@ static ctarget_status tr_poll(void *p, ctarget_call *c, ctarget_target *t,
         out->state = CTARGET_RUN_CANCELED, native = "CANCELLED";
     } else if (k.t < s.queue_ms) {
         out->state = CTARGET_RUN_QUEUED, native = "PENDING";
-    } else if (k.t < k.end && k.t < s.queue_ms + s.lost_ms) {
+    } else if (k.t < k.end && (s.lost_until ? k.lost : k.t < s.queue_ms + s.lost_ms)) {
         out->state = CTARGET_RUN_NOT_RESPONDING, native = "LOST";
         snprintf(out->reason, sizeof out->reason, "heartbeat lost");
     } else if (k.t < k.end) {
@@ -309,18 +372,23 @@ static ctarget_status tr_cancel(void *p, ctarget_call *c, ctarget_target *t,
                                 const ctarget_run_info *r, ctarget_error *err)
 {
     (void)p, (void)c, (void)t;
-    char *path = wfile(r, "cancel");
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    /* written aside and linked into place: a monitor killed in the middle (tests do that)
+     * must not leave an empty request that every later cancel takes as already made */
+    char *path = wfile(r, "cancel"), *tmp;
+    if (asprintf(&tmp, "%s.%ld", path, (long)getpid()) < 0)
+        abort();
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int ok = fd >= 0 && dprintf(fd, "%lld\n", (long long)H->now_ms()) > 0;
+    if (fd >= 0)
+        close(fd);
+    int linked = ok ? link(tmp, path) : -1, e = errno;
+    unlink(tmp);
+    free(tmp);
     free(path);
-    if (fd < 0 && errno == EEXIST)
-        return CTARGET_OK; /* asked before: the first request's time counts */
-    if (fd < 0) {
-        H->error_set(err, CTARGET_E_IO, 0, errno, "cannot record the cancel request");
-        return CTARGET_E_IO;
-    }
-    dprintf(fd, "%lld\n", (long long)H->now_ms());
-    close(fd);
-    return CTARGET_OK;
+    if (ok && (linked == 0 || e == EEXIST))
+        return CTARGET_OK; /* EEXIST: asked before, the first request's time counts */
+    H->error_set(err, CTARGET_E_IO, 0, ok ? e : errno, "cannot record the cancel request");
+    return CTARGET_E_IO;
 }
 
 static ctarget_status tr_fetch_outputs(void *p, ctarget_call *c, ctarget_target *t,

@@ -11,7 +11,7 @@ killed.  Behaviour by path:
                         ?rams=MS "x-ms-retry-after-ms: MS"
     /count/KEY          how many requests /fail/KEY/... has seen
     /status/CODE        always CODE
-    /stall              sleeps 5 s before answering
+    /stall              sleeps 300 s before answering (longer than any client timeout)
     /drop/KEY/N         closes the connection without an answer for the first N requests
                         of KEY, then 200 "ok" (counted like /fail)
     http://...          (an absolute URI: used as a proxy) 200 "proxied URI"
@@ -91,7 +91,7 @@ class Handler(BaseHTTPRequestHandler):
         if parts[0] == "status":
             return self.reply(int(parts[1]), "status " + parts[1])
         if parts[0] == "stall":
-            time.sleep(5)
+            time.sleep(300)
             return self.reply(200, "late")
         return self.reply(404, "no such path")
 

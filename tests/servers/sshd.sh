@@ -86,34 +86,50 @@ known_hosts() {
     ssh-keygen -lf "$dir/host_ed25519.pub" | cut -d' ' -f2 > "$dir/fingerprint"
 }
 
-wait_port() {
+# Until our sshd has bound the port, as its own log says from byte $2 on (a connect could
+# reach another program that took the port): 0 listening, 1 the bind failed, 2 gave up
+# (a 30 s guard).
+wait_listening() {
     i=0
-    while [ $i -lt 100 ]; do
-        if "$PY" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2).close()' "$1" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
+    while [ $i -lt 1500 ]; do
+        new=$(tail -c +"$2" "$dir/sshd.log" 2>/dev/null || true)
+        case $new in
+        *"Server listening on 127.0.0.1 port $1."*) return 0 ;;
+        *"Bind to port $1 on 127.0.0.1 failed"* | *"Cannot bind any address"*) return 1 ;;
+        esac
+        sleep 0.02
         i=$((i + 1))
     done
-    echo "sshd did not listen on 127.0.0.1:$1 (see $dir/sshd.log)" >&2
-    return 1
+    return 2
 }
 
 start() {
-    port=${1:-}
-    [ -n "$port" ] || port=$(free_port)
+    fixed=${1:-}
     mkdir -p /run/sshd 2>/dev/null || true
     keys
     password_user
-    config "$port"
-    echo "$port" > "$dir/port"
-    known_hosts
-    "$SSHD" -f "$dir/sshd_config" -E "$dir/sshd.log"
+    tries=0
+    while :; do
+        port=${fixed:-$(free_port)}
+        config "$port"
+        echo "$port" > "$dir/port"
+        known_hosts
+        from=$(($(cat "$dir/sshd.log" 2>/dev/null | wc -c) + 1))
+        rm -f "$dir/sshd.pid"
+        "$SSHD" -f "$dir/sshd_config" -E "$dir/sshd.log" || true
+        rc=0
+        wait_listening "$port" "$from" || rc=$?
+        [ $rc -eq 0 ] && break
+        tries=$((tries + 1))
+        # a port picked here and taken by another program before sshd bound it: pick again
+        [ $rc -eq 1 ] && [ -z "$fixed" ] && [ $tries -lt 5 ] && continue
+        echo "sshd did not listen on 127.0.0.1:$port (see $dir/sshd.log)" >&2
+        exit 1
+    done
     i=0
-    while [ ! -s "$dir/sshd.pid" ] && [ $i -lt 100 ]; do sleep 0.02; i=$((i + 1)); done
+    while [ ! -s "$dir/sshd.pid" ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i + 1)); done
     [ -s "$dir/sshd.pid" ] || { echo "sshd did not start (see $dir/sshd.log)" >&2; exit 1; }
     cp "$dir/sshd.pid" "$dir/pid"
-    wait_port "$port"
 }
 
 descendants() {
