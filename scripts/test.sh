@@ -4,6 +4,8 @@
 #   2. make check again under AddressSanitizer + UndefinedBehaviorSanitizer
 #   3. make distcheck      (tarball builds, tests pass from it, installs, the out-of-tree
 #                           vendor plugin builds from the installed headers, uninstalls clean)
+#   4. fuzz/run.sh         (every libFuzzer target, clang, about a minute in all; a crash
+#                           fails the suite and prints its reproducer)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -40,4 +42,6 @@ step "make check under ASan+UBSan"
 run_check "$top/_build/asan" --enable-sanitizers
 step "make distcheck"
 (cd "$top/_build/check" && make -s -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror)
+step "fuzz: a short run of every target (fuzz/README.md)"
+FUZZ_BUILD_DIR="$top/_build/fuzz" "$top/fuzz/run.sh" -t "${CTARGET_FUZZ_SECONDS:-60}"
 step "all passed in $(($(date +%s) - start)) s"
