@@ -97,6 +97,13 @@ static ctarget_status parse_entry(const char *line, mentry *me, const names *lin
             rc = refuse(err, path, "unknown entry type (only file, dir and symlink)");
         }
     }
+    if (rc) { /* a refused entry is not counted in the manifest: free what it had */
+        free(me->path);
+        free(me->type);
+        free(me->sha);
+        free(me->target);
+        memset(me, 0, sizeof *me);
+    }
     free(clean);
     json_decref(j);
     return rc;
