@@ -109,6 +109,29 @@ static ctarget_status parse_entry(const char *line, mentry *me, const names *lin
     return rc;
 }
 
+/* Whether the entry's parent directory is a "dir" entry among the n before it (sorted). */
+static int parent_is_dir(const manifest *m, size_t n, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return 1;
+    size_t pl = (size_t)(slash - path), lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *q = m->e[mid].path;
+        int c = strncmp(q, path, pl);
+        if (!c)
+            c = q[pl] ? 1 : 0;
+        if (!c)
+            return !strcmp(m->e[mid].type, "dir");
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
 static ctarget_status parse_manifest(char *text, manifest *m, ctarget_error *err)
 {
     char *nl = strchr(text, '\n');
@@ -134,6 +157,16 @@ static ctarget_status parse_manifest(char *text, manifest *m, ctarget_error *err
             break;
         }
         rc = parse_entry(line, &m->e[m->n], &links, m->n ? m->e[m->n - 1].path : NULL, err);
+        /* as in a snapshot's own manifest (snap_manifest.c): a file under a file would be
+         * refused only while the tree is built, after the entries before it were written */
+        if (!rc && !parent_is_dir(m, m->n, m->e[m->n].path)) {
+            rc = refuse(err, m->e[m->n].path, "its parent is not a directory of the snapshot");
+            free(m->e[m->n].path);
+            free(m->e[m->n].type);
+            free(m->e[m->n].sha);
+            free(m->e[m->n].target);
+            memset(&m->e[m->n], 0, sizeof m->e[m->n]);
+        }
         if (!rc) {
             if (m->e[m->n].target)
                 names_add(&links, m->e[m->n].path);
@@ -308,7 +341,10 @@ static int open_blob(int sfd, const names *staged, const char *blob_root, const 
 static ctarget_status build_tree(int dfd, int sfd, const manifest *m, const names *staged,
                                  const char *blob_root, ctarget_error *err)
 {
-    /* every blob must be there before the first file is written */
+    /* every blob must be there, and of the size the manifest says, before the first file is
+     * written: a staged blob's content is verified already, so a refused archive leaves
+     * dest untouched (a size that disagrees used to be noticed only when that file was
+     * written, after the files before it) */
     for (size_t i = 0; i < m->n; i++) {
         int v;
         if (!m->e[i].sha)
@@ -319,7 +355,16 @@ static ctarget_status build_tree(int dfd, int sfd, const manifest *m, const name
                    "in the local blob store", m->e[i].sha, m->e[i].path);
             return CTARGET_E_NOT_FOUND;
         }
+        struct stat st;
+        int same = fstat(fd, &st) == 0 && (long long)st.st_size == m->e[i].size;
         close(fd);
+        if (!same) {
+            ct_err(err, CTARGET_E_FAILED, "refused archive entry '%s': its blob %s %s does "
+                   "not have the %lld bytes the manifest says; nothing was extracted",
+                   m->e[i].path, m->e[i].sha, v ? "in the local blob store" : "in the archive",
+                   m->e[i].size);
+            return CTARGET_E_FAILED;
+        }
     }
     for (size_t i = 0; i < m->n; i++) {
         const mentry *me = &m->e[i];
