@@ -90,7 +90,9 @@ static ctarget_status parse_entry(const char *line, mentry *me, const names *lin
                 me->sha = xstrdup(sha);
         } else if (!strcmp(type, "symlink")) {
             if (!target || !link_target_inside(path, target))
-                rc = refuse(err, path, "symlink pointing outside the destination");
+                rc = refuse(err, path, "symlink pointing outside the destination (or "
+                            "using '..' after a name, which could lead out through "
+                            "another link)");
             else
                 me->target = xstrdup(target);
         } else if (strcmp(type, "dir")) {
