@@ -146,7 +146,10 @@ static ctarget_status parse_manifest(char *text, manifest *m, ctarget_error *err
     json_decref(h);
     if (!ok)
         return refuse(err, "manifest.jsonl", "not a ctarget snapshot manifest of format 1");
-    m->e = xcalloc((size_t)n + 1, sizeof *m->e);
+    /* grown as entries come: the header's count is the archive's word, and a count of
+     * 10^18 must not be an allocation (it made extraction die "out of memory") */
+    size_t cap = 16;
+    m->e = xcalloc(cap, sizeof *m->e);
     names links = {0};
     ctarget_status rc = CTARGET_OK;
     char *line = nl ? nl + 1 : NULL;
@@ -157,6 +160,10 @@ static ctarget_status parse_manifest(char *text, manifest *m, ctarget_error *err
         if ((json_int_t)m->n >= n) {
             rc = refuse(err, "manifest.jsonl", "more entries than its header declares");
             break;
+        }
+        if (m->n + 1 >= cap) {
+            m->e = xrealloc(m->e, (cap *= 2) * sizeof *m->e);
+            memset(m->e + m->n, 0, (cap - m->n) * sizeof *m->e);
         }
         rc = parse_entry(line, &m->e[m->n], &links, m->n ? m->e[m->n - 1].path : NULL, err);
         /* as in a snapshot's own manifest (snap_manifest.c): a file under a file would be
