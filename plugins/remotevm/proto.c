@@ -94,7 +94,9 @@ json_t *rv_poll_split(const char *data, size_t len, const char **body, size_t *l
     json_int_t ll = j ? json_integer_value(json_object_get(j, "log_len")) : 0;
     json_int_t ml = j ? json_integer_value(json_object_get(j, "metrics_len")) : 0;
     size_t rest = nl ? len - (size_t)(nl + 1 - data) : 0;
-    if (!json_is_object(j) || ll < 0 || ml < 0 || (size_t)(ll + ml) != rest) {
+    /* (the lengths are the machine's word: added as they came, two large ones overflowed) */
+    if (!json_is_object(j) || ll < 0 || ml < 0 || (size_t)ll > rest ||
+        (size_t)ml != rest - (size_t)ll) {
         json_decref(j);
         return NULL;
     }
