@@ -170,7 +170,7 @@ long http_retry_after_ms(char **v, size_t n)
     const char *ms = http_find_header(v, n, "x-ms-retry-after-ms");
     long long x;
     if (ms && parse_ll(ms, &x) == 0 && x >= 0)
-        return (long)x;
+        return (long)(x > 3600000 ? 3600000 : x); /* at most an hour, as for Retry-After */
     const char *ra = http_find_header(v, n, "Retry-After");
     if (!ra)
         return -1;

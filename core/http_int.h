@@ -18,8 +18,8 @@ void http_hdrs_clear(http_hdrs *h);
 /* The value of header `name` (case-insensitive), leading blanks skipped; NULL when absent. */
 const char *http_find_header(char **v, size_t n, const char *name);
 /* Retry-After as delta-seconds or an HTTP date; Azure's x-ms-retry-after-ms wins when
- * present.  Returns milliseconds, or -1 when the response says nothing.  Needs libcurl
- * (http_curl_available()) for the date form. */
+ * present.  Returns milliseconds (at most an hour), or -1 when the response says nothing.
+ * Needs libcurl (http_curl_available()) for the date form. */
 long http_retry_after_ms(char **v, size_t n);
 /* libcurl is loaded (on first call); 0 when it cannot be. */
 int http_curl_available(void);
