@@ -179,8 +179,9 @@ long http_retry_after_ms(char **v, size_t n)
     time_t when = curl_getdate(ra, NULL);
     if (when < 0)
         return -1;
-    long long d = ((long long)when - (long long)time(NULL)) * 1000;
-    return d < 0 ? 0 : (long)(d > 3600000 ? 3600000 : d);
+    /* capped in seconds, before the product: a date in the year 10^9 overflowed it */
+    long long d = (long long)when - (long long)time(NULL);
+    return d < 0 ? 0 : (long)(d > 3600 ? 3600000 : d * 1000);
 }
 
 int http_curl_available(void)
