@@ -208,22 +208,26 @@ char *clean_name(const char *raw, const char **why)
     return s;
 }
 
-/* A symlink at `path` pointing to `target` must resolve, lexically, inside the tree. */
+/* A symlink at `path` pointing to `target` must resolve inside the tree.  Lexically, and
+ * also through other links: a ".." after a name ("s/..") is refused, since that name may be
+ * a symlink of the archive (s -> "." makes "s/.." the destination's parent).  Leading ".."
+ * components climb only the link's own directories, which are real (nothing is written
+ * through a symlink), and every link a name resolves to is itself checked by this rule. */
 int link_target_inside(const char *path, const char *target)
 {
     if (!*target || target[0] == '/')
         return 0;
-    int depth = 0;
+    int depth = 0, named = 0;
     for (const char *c = path; *c; c++)
         depth += *c == '/';           /* directories above the link inside the tree */
     for (const char *c = target; c && *c;) {
         const char *slash = strchr(c, '/');
         size_t len = slash ? (size_t)(slash - c) : strlen(c);
         if (len == 2 && c[0] == '.' && c[1] == '.') {
-            if (--depth < 0)
+            if (named || --depth < 0)
                 return 0;
         } else if (len && !(len == 1 && c[0] == '.')) {
-            depth++;
+            named = 1;
         }
         c = slash ? slash + 1 : NULL;
     }
@@ -360,7 +364,9 @@ static ctarget_status check_entry(checker *ck, struct archive_entry *e, char **c
     case AE_IFLNK: {
         const char *t = arch_entry_symlink(e);
         if (!t || !link_target_inside(*clean, t))
-            return refuse(err, *clean, "symlink pointing outside the destination");
+            return refuse(err, *clean, "symlink pointing outside the destination (or "
+                          "using '..' after a name, which could lead out through "
+                          "another link)");
         names_add(&ck->links, *clean);
         return CTARGET_OK;
     }

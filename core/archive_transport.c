@@ -90,16 +90,48 @@ static ctarget_status parse_entry(const char *line, mentry *me, const names *lin
                 me->sha = xstrdup(sha);
         } else if (!strcmp(type, "symlink")) {
             if (!target || !link_target_inside(path, target))
-                rc = refuse(err, path, "symlink pointing outside the destination");
+                rc = refuse(err, path, "symlink pointing outside the destination (or "
+                            "using '..' after a name, which could lead out through "
+                            "another link)");
             else
                 me->target = xstrdup(target);
         } else if (strcmp(type, "dir")) {
             rc = refuse(err, path, "unknown entry type (only file, dir and symlink)");
         }
     }
+    if (rc) { /* a refused entry is not counted in the manifest: free what it had */
+        free(me->path);
+        free(me->type);
+        free(me->sha);
+        free(me->target);
+        memset(me, 0, sizeof *me);
+    }
     free(clean);
     json_decref(j);
     return rc;
+}
+
+/* Whether the entry's parent directory is a "dir" entry among the n before it (sorted). */
+static int parent_is_dir(const manifest *m, size_t n, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return 1;
+    size_t pl = (size_t)(slash - path), lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *q = m->e[mid].path;
+        int c = strncmp(q, path, pl);
+        if (!c)
+            c = q[pl] ? 1 : 0;
+        if (!c)
+            return !strcmp(m->e[mid].type, "dir");
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
 }
 
 static ctarget_status parse_manifest(char *text, manifest *m, ctarget_error *err)
@@ -114,7 +146,10 @@ static ctarget_status parse_manifest(char *text, manifest *m, ctarget_error *err
     json_decref(h);
     if (!ok)
         return refuse(err, "manifest.jsonl", "not a ctarget snapshot manifest of format 1");
-    m->e = xcalloc((size_t)n + 1, sizeof *m->e);
+    /* grown as entries come: the header's count is the archive's word, and a count of
+     * 10^18 must not be an allocation (it made extraction die "out of memory") */
+    size_t cap = 16;
+    m->e = xcalloc(cap, sizeof *m->e);
     names links = {0};
     ctarget_status rc = CTARGET_OK;
     char *line = nl ? nl + 1 : NULL;
@@ -126,7 +161,21 @@ static ctarget_status parse_manifest(char *text, manifest *m, ctarget_error *err
             rc = refuse(err, "manifest.jsonl", "more entries than its header declares");
             break;
         }
+        if (m->n + 1 >= cap) {
+            m->e = xrealloc(m->e, (cap *= 2) * sizeof *m->e);
+            memset(m->e + m->n, 0, (cap - m->n) * sizeof *m->e);
+        }
         rc = parse_entry(line, &m->e[m->n], &links, m->n ? m->e[m->n - 1].path : NULL, err);
+        /* as in a snapshot's own manifest (snap_manifest.c): a file under a file would be
+         * refused only while the tree is built, after the entries before it were written */
+        if (!rc && !parent_is_dir(m, m->n, m->e[m->n].path)) {
+            rc = refuse(err, m->e[m->n].path, "its parent is not a directory of the snapshot");
+            free(m->e[m->n].path);
+            free(m->e[m->n].type);
+            free(m->e[m->n].sha);
+            free(m->e[m->n].target);
+            memset(&m->e[m->n], 0, sizeof m->e[m->n]);
+        }
         if (!rc) {
             if (m->e[m->n].target)
                 names_add(&links, m->e[m->n].path);
@@ -301,7 +350,10 @@ static int open_blob(int sfd, const names *staged, const char *blob_root, const 
 static ctarget_status build_tree(int dfd, int sfd, const manifest *m, const names *staged,
                                  const char *blob_root, ctarget_error *err)
 {
-    /* every blob must be there before the first file is written */
+    /* every blob must be there, and of the size the manifest says, before the first file is
+     * written: a staged blob's content is verified already, so a refused archive leaves
+     * dest untouched (a size that disagrees used to be noticed only when that file was
+     * written, after the files before it) */
     for (size_t i = 0; i < m->n; i++) {
         int v;
         if (!m->e[i].sha)
@@ -312,7 +364,16 @@ static ctarget_status build_tree(int dfd, int sfd, const manifest *m, const name
                    "in the local blob store", m->e[i].sha, m->e[i].path);
             return CTARGET_E_NOT_FOUND;
         }
+        struct stat st;
+        int same = fstat(fd, &st) == 0 && (long long)st.st_size == m->e[i].size;
         close(fd);
+        if (!same) {
+            ct_err(err, CTARGET_E_FAILED, "refused archive entry '%s': its blob %s %s does "
+                   "not have the %lld bytes the manifest says; nothing was extracted",
+                   m->e[i].path, m->e[i].sha, v ? "in the local blob store" : "in the archive",
+                   m->e[i].size);
+            return CTARGET_E_FAILED;
+        }
     }
     for (size_t i = 0; i < m->n; i++) {
         const mentry *me = &m->e[i];

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "host.h"
+#include "http_int.h"
 #include "log.h"
 #include "util.h"
 
@@ -96,12 +97,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-typedef struct hdrs {
-    char **v;
-    size_t n;
-} hdrs;
-
-static void hdrs_clear(hdrs *h)
+void http_hdrs_clear(http_hdrs *h)
 {
     for (size_t i = 0; i < h->n; i++)
         free(h->v[i]);
@@ -110,21 +106,24 @@ static void hdrs_clear(hdrs *h)
     h->n = 0;
 }
 
-static size_t on_header(char *data, size_t size, size_t n, void *arg)
+void http_hdrs_line(http_hdrs *h, const char *data, size_t len)
 {
-    hdrs *h = arg;
-    size_t len = size * n;
     /* a new status line (redirect, 100 Continue) starts a new header block */
     if (len >= 5 && !memcmp(data, "HTTP/", 5)) {
-        hdrs_clear(h);
-        return len;
+        http_hdrs_clear(h);
+        return;
     }
     while (len && (data[len - 1] == '\n' || data[len - 1] == '\r'))
         len--;
     if (!len)
-        return size * n;
+        return;
     h->v = xrealloc(h->v, (h->n + 1) * sizeof *h->v);
     h->v[h->n++] = xstrndup(data, len);
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *arg)
+{
+    http_hdrs_line(arg, data, size * n);
     return size * n;
 }
 
@@ -135,7 +134,7 @@ static int on_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl
     return host_table()->cancelled(call) ? 1 : 0;
 }
 
-static const char *find_header(char **v, size_t n, const char *name)
+const char *http_find_header(char **v, size_t n, const char *name)
 {
     size_t nl = strlen(name);
     for (size_t i = 0; i < n; i++)
@@ -151,7 +150,7 @@ static const char *find_header(char **v, size_t n, const char *name)
 const char *http_header_get0(const ctarget_http_response *resp, const char *name)
 {
     const http_resp_impl *r = (const http_resp_impl *)resp;
-    return r ? find_header(r->headers, r->n_headers, name) : NULL;
+    return r ? http_find_header(r->headers, r->n_headers, name) : NULL;
 }
 
 void http_response_free(ctarget_http_response *resp)
@@ -166,15 +165,13 @@ void http_response_free(ctarget_http_response *resp)
     free(r);
 }
 
-/* Retry-After as delta-seconds or an HTTP date; Azure's x-ms-retry-after-ms wins when
- * present.  Returns milliseconds, or -1 when the response says nothing. */
-static long retry_after_ms(char **v, size_t n)
+long http_retry_after_ms(char **v, size_t n)
 {
-    const char *ms = find_header(v, n, "x-ms-retry-after-ms");
+    const char *ms = http_find_header(v, n, "x-ms-retry-after-ms");
     long long x;
     if (ms && parse_ll(ms, &x) == 0 && x >= 0)
-        return (long)x;
-    const char *ra = find_header(v, n, "Retry-After");
+        return (long)(x > 3600000 ? 3600000 : x); /* at most an hour, as for Retry-After */
+    const char *ra = http_find_header(v, n, "Retry-After");
     if (!ra)
         return -1;
     if (parse_ll(ra, &x) == 0)
@@ -182,8 +179,15 @@ static long retry_after_ms(char **v, size_t n)
     time_t when = curl_getdate(ra, NULL);
     if (when < 0)
         return -1;
-    long long d = ((long long)when - (long long)time(NULL)) * 1000;
-    return d < 0 ? 0 : (long)(d > 3600000 ? 3600000 : d);
+    /* capped in seconds, before the product: a date in the year 10^9 overflowed it */
+    long long d = (long long)when - (long long)time(NULL);
+    return d < 0 ? 0 : (long)(d > 3600 ? 3600000 : d * 1000);
+}
+
+int http_curl_available(void)
+{
+    pthread_once(&curl_once, curl_setup);
+    return lc.easy_init && lc.getdate;
 }
 
 static int retryable_status(long s)
@@ -279,8 +283,7 @@ ctarget_status http_request(ctarget_call *call, const ctarget_http_request *req,
         ct_err(err, CTARGET_E_USAGE, "http_request: only http and https URLs are allowed");
         return CTARGET_E_USAGE;
     }
-    pthread_once(&curl_once, curl_setup);
-    if (!lc.easy_init || !lc.getdate) {
+    if (!http_curl_available()) {
         ct_err(err, CTARGET_E_UNSUPPORTED, "HTTP is not available: %s",
                lc.error[0] ? lc.error : "libcurl did not load");
         return CTARGET_E_UNSUPPORTED;
@@ -309,7 +312,7 @@ ctarget_status http_request(ctarget_call *call, const ctarget_http_request *req,
         CURL *c = curl_easy_init();
         strbuf body;
         sb_init(&body);
-        hdrs h = {0};
+        http_hdrs h = {0};
         char ebuf[CURL_ERROR_SIZE] = "";
         curl_easy_setopt(c, CURLOPT_URL, req->url);
         curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -354,7 +357,7 @@ ctarget_status http_request(ctarget_call *call, const ctarget_http_request *req,
             retry = retryable_status(status) &&
                     (idempotent || status == 429 || status == 503) && attempt < max;
             if (retry)
-                delay = retry_after_ms(h.v, h.n);
+                delay = http_retry_after_ms(h.v, h.n);
             if (!retry) {
                 http_resp_impl *r = xcalloc(1, sizeof *r);
                 r->pub.struct_size = sizeof r->pub;
@@ -374,14 +377,14 @@ ctarget_status http_request(ctarget_call *call, const ctarget_http_request *req,
             if (!retry) {
                 rc = curl_failure(cc, m, shown, ebuf, attempt, err);
                 sb_free(&body);
-                hdrs_clear(&h);
+                http_hdrs_clear(&h);
                 break;
             }
             log_msg(CTARGET_LOG_INFO, "%s %s: %s; retrying (attempt %d of %d)", m, shown,
                     ebuf[0] ? ebuf : curl_easy_strerror(cc), attempt + 1, max);
         }
         sb_free(&body);
-        hdrs_clear(&h);
+        http_hdrs_clear(&h);
         if (delay < 0)
             delay = backoff_ms(attempt);
         if (host_table()->sleep_ms(call, delay) != CTARGET_OK) {

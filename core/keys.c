@@ -243,6 +243,17 @@ ctarget_status keys_apply(const plugin *pl, ctarget_verb verb, const char *origi
             rc = CTARGET_E_CONFIG;
             break;
         }
+        /* values are stored as JSON strings: one that is not UTF-8 text would be dropped
+         * without a word (json_string() refuses it), and a secret's reference would then
+         * point at nothing */
+        json_t *probe = json_string(val);
+        if (!probe) {
+            ct_err(err, CTARGET_E_CONFIG, "setting %s: the value is not valid UTF-8 text; "
+                   "give it in UTF-8", key);
+            rc = CTARGET_E_CONFIG;
+            break;
+        }
+        json_decref(probe);
         if (!*val) { /* unset */
             json_object_del(cfg, key);
             json_object_del(rf, key);
@@ -255,8 +266,15 @@ ctarget_status keys_apply(const plugin *pl, ctarget_verb verb, const char *origi
                 break;
             json_object_del(pd, key);
             if (ref) {
-                json_object_set_new(rf, key, json_string(ref));
+                /* (a file: reference is resolved: the real path may not be UTF-8) */
+                int bad = json_object_set_new(rf, key, json_string(ref)) != 0;
                 free(ref);
+                if (bad) {
+                    ct_err(err, CTARGET_E_CONFIG, "setting %s: the file's real path is not "
+                           "valid UTF-8 text; rename it or give a path that is", key);
+                    rc = CTARGET_E_CONFIG;
+                    break;
+                }
             } else {
                 json_object_set_new(rf, key, json_string("store"));
                 json_object_set_new(pd, key, json_string(val));
@@ -268,8 +286,14 @@ ctarget_status keys_apply(const plugin *pl, ctarget_verb verb, const char *origi
             rc = CTARGET_E_CONFIG;
             break;
         }
-        json_object_set_new(cfg, key, json_string(norm));
+        int bad = json_object_set_new(cfg, key, json_string(norm)) != 0;
         free(norm);
+        if (bad) { /* a path's real path may not be UTF-8 */
+            ct_err(err, CTARGET_E_CONFIG, "setting %s: the resolved value is not valid UTF-8 "
+                   "text; rename the file or give a path that is", key);
+            rc = CTARGET_E_CONFIG;
+            break;
+        }
     }
     if (rc == CTARGET_OK) {
         json_object_clear(config);

@@ -64,6 +64,16 @@ char *run_file(const char *ws_dir, const char *id, const char *name);
 char *run_new_id(void);
 int run_experiment_name_ok(const char *name);
 
+/* ---- run_submit.c: the run configuration ------------------------------------------------ */
+
+/* A run configuration file (JSON object; keys and types checked, relative paths anchored at
+ * the file's directory, a string environment turned into {"name": ...}). */
+ctarget_status run_config_load(const char *file, json_t **out, ctarget_error *err);
+/* The merged configuration's values: required keys, ranges, names. */
+ctarget_status run_config_check(json_t *c, ctarget_error *err);
+/* What the monitor needs besides the columns (a new reference; env is borrowed). */
+json_t *run_config_stored(json_t *c, const char *script, json_t *env);
+
 /* ---- run_monitor.c ------------------------------------------------------------------------ */
 
 /* Is a monitor holding the run's lock?  Returns its pid, 0 when none, -1 on error. */

@@ -130,7 +130,7 @@ static void anchor_path(json_t *obj, const char *key, const char *base)
     }
 }
 
-static ctarget_status load_config(const char *file, json_t **out, ctarget_error *err)
+ctarget_status run_config_load(const char *file, json_t **out, ctarget_error *err)
 {
     json_error_t je;
     json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &je);
@@ -175,7 +175,7 @@ static ctarget_status merge_opts(const ctarget_run_opts *o, json_t **out, ctarge
 {
     json_t *c = NULL;
     ctarget_status rc;
-    if (o->config_file && (rc = load_config(o->config_file, &c, err)))
+    if (o->config_file && (rc = run_config_load(o->config_file, &c, err)))
         return rc;
     if (!c)
         c = json_object();
@@ -238,7 +238,7 @@ static ctarget_status merge_opts(const ctarget_run_opts *o, json_t **out, ctarge
 
 /* ---- checks ---------------------------------------------------------------------------- */
 
-static ctarget_status check_values(json_t *c, ctarget_error *err)
+ctarget_status run_config_check(json_t *c, ctarget_error *err)
 {
     static const char *const required[] = {"target", "source_directory", "script"};
     for (size_t i = 0; i < CT_ARRAY_LEN(required); i++)
@@ -468,7 +468,7 @@ out:
 }
 
 /* What the monitor needs besides the columns: the resolved configuration. */
-static json_t *stored_config(json_t *c, const char *script, json_t *env)
+json_t *run_config_stored(json_t *c, const char *script, json_t *env)
 {
     json_t *args = json_array();
     size_t i;
@@ -502,7 +502,7 @@ static ctarget_status prepare_run(ctarget_ws *ws, json_t *c, const char *id, new
                                   ctarget_error *err)
 {
     ctarget_status rc;
-    if ((rc = check_values(c, err)) ||
+    if ((rc = run_config_check(c, err)) ||
         (rc = reg_load(ws, json_string_value(json_object_get(c, "target")), 1, rtp, err)) ||
         (rc = check_caps(*rtp, c, err)) || (rc = check_source(c, src, script, err)))
         return rc;
@@ -522,8 +522,8 @@ static ctarget_status prepare_run(ctarget_ws *ws, json_t *c, const char *id, new
         return rc;
     }
     r->env_name = json_string_value(json_object_get(env, "name"));
-    r->config = stored_config(c, *script, env);
-    json_decref(env); /* stored_config holds its own reference */
+    r->config = run_config_stored(c, *script, env);
+    json_decref(env); /* run_config_stored holds its own reference */
     return CTARGET_OK;
 }
 

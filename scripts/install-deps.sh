@@ -1,11 +1,13 @@
 #!/bin/sh
 # Install the Debian packages ctarget needs to build and to run its test suite.
+# (clang and libclang-rt-14-dev, which has libFuzzer: fuzz/run.sh, the fuzzing step.)
 # Uses sudo when not root.  Skips apt-get entirely when everything is already there.
 set -eu
 pkgs="build-essential autoconf automake libtool pkg-config
       libsqlite3-dev libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev
       libcunit1-dev python3 openssl binutils git
-      libssh2-1-dev openssh-server openssh-client"
+      libssh2-1-dev openssh-server openssh-client
+      clang libclang-rt-14-dev"
 missing=""
 # the Debian packaging check (tests/packaging/check.sh)
 pkgs="$pkgs dpkg-dev debhelper lintian"

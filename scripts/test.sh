@@ -7,6 +7,8 @@
 #   4. Debian packages     (from that tarball: dpkg-buildpackage, lintian, dpkg -i, the example
 #                           on local, one plugin removed, the vendor plugin against
 #                           libctarget-dev, everything purged: tests/packaging/check.sh)
+#   5. fuzz/run.sh         (every libFuzzer target, clang, about a minute in all; a crash
+#                           fails the suite and prints its reproducer)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -46,4 +48,6 @@ step "make distcheck"
 step "Debian packages"
 set -- "$top"/_build/check/ctarget-*.tar.gz
 "$top/tests/packaging/check.sh" "$1"
+step "fuzz: a short run of every target (fuzz/README.md)"
+FUZZ_BUILD_DIR="$top/_build/fuzz" "$top/fuzz/run.sh" -t "${CTARGET_FUZZ_SECONDS:-60}"
 step "all passed in $(($(date +%s) - start)) s"

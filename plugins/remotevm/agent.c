@@ -217,31 +217,14 @@ static ctarget_status serve_once(const ctarget_host *h, ctarget_call *c, ctarget
         rc = rv_exec_write(ex, in, in_len, err);
     }
     while (rc == CTARGET_OK) {
-        char *nl = sb->len ? memchr(sb->data, '\n', sb->len) : NULL;
-        if (nl) {
-            size_t hl = (size_t)(nl - sb->data) + 1;
-            json_t *hd = json_loadb(sb->data, hl - 1, 0, NULL);
-            json_int_t n = json_integer_value(json_object_get(hd, "len"));
-            if (!json_is_object(hd) || n < 0) {
-                json_decref(hd);
-                h->error_set(err, CTARGET_E_REMOTE, 1, 0, "the agent's answer is damaged");
-                rc = CTARGET_E_REMOTE;
-                break;
-            }
-            if (sb->len >= hl + (size_t)n) {
-                if (out)
-                    rv_buf_add(out, sb->data + hl, (size_t)n);
-                *status = (int)json_integer_value(json_object_get(hd, "exit"));
-                snprintf(tail, tail_len, "%s",
-                         json_string_value(json_object_get(hd, "err")) ?
-                             json_string_value(json_object_get(hd, "err")) : "");
-                memmove(sb->data, sb->data + hl + n, sb->len - hl - (size_t)n);
-                sb->len -= hl + (size_t)n;
-                json_decref(hd);
-                return CTARGET_OK;
-            }
-            json_decref(hd);
+        int got = rv_answer_take(sb, out, status, tail, tail_len);
+        if (got < 0) {
+            h->error_set(err, CTARGET_E_REMOTE, 1, 0, "the agent's answer is damaged");
+            rc = CTARGET_E_REMOTE;
+            break;
         }
+        if (got > 0)
+            return CTARGET_OK;
         int eof = 0;
         rc = rv_exec_pump(ex, &eof, err);
         if (rc == CTARGET_OK && eof) {

@@ -8,12 +8,16 @@
  * run.c     run operations: ship the snapshot incrementally, environments, start, poll, logs,
  *           cancel, outputs, cleanup.
  * ship.c    the upload stream: the core's transport tar with its full manifest replaced by a
- *           delta against a snapshot the VM already has. */
+ *           delta against a snapshot the VM already has.
+ * proto.c   the agent's wire formats as read here (answers, poll, outputs stream): bytes the
+ *           machine controls, fuzzed by fuzz/fuzz_remotevm.c. */
 #ifndef CTARGET_REMOTEVM_H
 #define CTARGET_REMOTEVM_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include <ctarget/plugin.h>
 
@@ -117,5 +121,43 @@ extern const ctarget_run_ops rv_run_ops;
 char *rv_hex(const void *data, size_t len);
 /* JSON string literal of s (bytes >= 0x80 copied as they are) */
 int rv_json_str(rv_buf *b, const char *s);
+
+/* ---- proto.c -------------------------------------------------------------------------------- */
+
+/* One answer on the serve channel, "<JSON header>\n<len bytes>", taken from the front of sb:
+ * 1 when complete (the body appended to out when out is not NULL, *status and tail from the
+ * header's "exit" and "err", the answer removed from sb), 0 when more bytes are needed, -1 when
+ * the header is damaged. */
+int rv_answer_take(rv_buf *sb, rv_buf *out, int *status, char *tail, size_t tail_len);
+
+/* The poll answer, a JSON header line then log_len + metrics_len bytes: the header (the
+ * caller decrefs it) and where the bytes are, or NULL when the answer does not add up. */
+json_t *rv_poll_split(const char *data, size_t len, const char **body, size_t *log_len,
+                      size_t *met_len);
+
+/* The outputs stream of `pack`, written under dfd: "D mode len\npath", "F mode size
+ * len\npath<bytes>", "E\n".  Every path is checked (relative, no "." or ".." component, under
+ * outputs/ or logs/) and written with O_NOFOLLOW; nothing is ever created outside dfd. */
+typedef struct rv_unpack {
+    const ctarget_host *h;
+    int dfd;
+    char line[256];
+    size_t llen;
+    int state;          /* 0 header line, 1 path, 2 file data, 3 ended */
+    char type;
+    unsigned mode;
+    uint64_t size, left;
+    size_t plen;
+    rv_buf path;
+    int fd;
+    ctarget_error *err;
+    ctarget_status rc;
+    uint64_t files, bytes;
+} rv_unpack;
+void rv_unpack_init(rv_unpack *u, const ctarget_host *h, int dfd, ctarget_error *err);
+/* a ctarget_write_fn; data NULL restarts (a new attempt) */
+int rv_unpack_write(void *arg, const void *data, size_t len);
+/* closes a file left open; dfd stays the caller's */
+void rv_unpack_done(rv_unpack *u);
 
 #endif

@@ -91,13 +91,10 @@ static ctarget_status agent_poll(const ctarget_host *h, ctarget_call *c, ctarget
         rv_buf_free(&out);
         return rc;
     }
-    char *nl = out.data ? memchr(out.data, '\n', out.len) : NULL;
-    json_t *j = nl ? json_loadb(out.data, (size_t)(nl - out.data), 0, NULL) : NULL;
-    json_int_t ll = j ? json_integer_value(json_object_get(j, "log_len")) : 0;
-    json_int_t ml = j ? json_integer_value(json_object_get(j, "metrics_len")) : 0;
-    size_t body = nl ? out.len - (size_t)(nl + 1 - out.data) : 0;
-    if (!json_is_object(j) || ll < 0 || ml < 0 || (size_t)(ll + ml) != body) {
-        json_decref(j);
+    const char *body = NULL;
+    size_t ll = 0, ml = 0;
+    json_t *j = rv_poll_split(out.data, out.len, &body, &ll, &ml);
+    if (!j) {
         rv_buf_free(&out);
         h->error_set(err, CTARGET_E_REMOTE, 1, 0, "the agent's answer to 'poll' was cut short");
         return CTARGET_E_REMOTE;
@@ -105,8 +102,8 @@ static ctarget_status agent_poll(const ctarget_host *h, ctarget_call *c, ctarget
     cache_reset(run->id);
     cache.off[0] = log_off;
     cache.off[1] = met_off;
-    rv_buf_add(&cache.data[0], nl + 1, (size_t)ll);
-    rv_buf_add(&cache.data[1], nl + 1 + ll, (size_t)ml);
+    rv_buf_add(&cache.data[0], body, ll);
+    rv_buf_add(&cache.data[1], body + ll, ml);
     if (o) {
         const char *st = json_string_value(json_object_get(j, "state"));
         const char *reason = json_string_value(json_object_get(j, "reason"));
@@ -397,188 +394,14 @@ static ctarget_status rv_cleanup(void *ctx, ctarget_call *c, ctarget_target *t,
 
 /* ---- outputs ------------------------------------------------------------------------------ */
 
-/* The agent's framed stream: "D mode len\npath", "F mode size len\npath<bytes>", "E\n".
- * Every path is checked (relative, no "." or ".." component, under outputs/ or logs/) and
- * written with O_NOFOLLOW under dest; nothing is ever created outside it. */
-typedef struct unpack {
-    const ctarget_host *h;
-    int dfd;
-    char line[256];
-    size_t llen;
-    int state;          /* 0 header line, 1 path, 2 file data, 3 ended */
-    char type;
-    unsigned mode;
-    uint64_t size, left;
-    size_t plen;
-    rv_buf path;
-    int fd;
-    ctarget_error *err;
-    ctarget_status rc;
-    uint64_t files, bytes;
-} unpack;
-
-static int bad(unpack *u, ctarget_status code, const char *fmt, const char *what)
-{
-    if (u->rc == CTARGET_OK) {
-        u->h->error_set(u->err, code, 0, errno, fmt, what);
-        u->rc = code;
-    }
-    return 1;
-}
-
-static int safe_path(const char *p)
-{
-    if (!*p || *p == '/' || (strncmp(p, "outputs", 7) && strncmp(p, "logs", 4)))
-        return 0;
-    if (strncmp(p, "outputs/", 8) && strcmp(p, "outputs") && strncmp(p, "logs/", 5) &&
-        strcmp(p, "logs"))
-        return 0;
-    for (const char *s = p; *s;) {
-        const char *e = strchr(s, '/');
-        size_t n = e ? (size_t)(e - s) : strlen(s);
-        if (n == 0 || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
-            return 0;
-        s += n + (e ? 1 : 0);
-        if (e && !*s)
-            return 0;
-    }
-    return 1;
-}
-
-/* mkdir -p of the path's directories under dfd, refusing anything that is not a directory */
-static int make_dirs(unpack *u, const char *p, int include_last)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", p);
-    char *s = buf;
-    for (;;) {
-        char *e = strchr(s, '/');
-        if (!e && !include_last)
-            return 0;
-        if (e)
-            *e = '\0';
-        if (mkdirat(u->dfd, buf, 0755) != 0 && errno != EEXIST)
-            return bad(u, CTARGET_E_IO, "cannot create %s", buf);
-        struct stat st;
-        if (fstatat(u->dfd, buf, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode))
-            return bad(u, CTARGET_E_IO, "%s exists and is not a directory", buf);
-        if (!e)
-            return 0;
-        *e = '/';
-        s = e + 1;
-    }
-}
-
-static int unpack_write(void *arg, const void *data, size_t len)
-{
-    unpack *u = arg;
-    const char *p = data;
-    if (!data) { /* a new attempt starts from the beginning */
-        if (u->fd >= 0)
-            close(u->fd);
-        u->fd = -1;
-        u->state = 0;
-        u->llen = 0;
-        u->rc = CTARGET_OK;
-        return 0;
-    }
-    while (len && u->rc == CTARGET_OK) {
-        if (u->state == 0) {
-            const char *nl = memchr(p, '\n', len);
-            size_t k = nl ? (size_t)(nl - p) + 1 : len;
-            if (u->llen + k >= sizeof u->line)
-                return bad(u, CTARGET_E_REMOTE, "%s", "the outputs stream is damaged");
-            memcpy(u->line + u->llen, p, k);
-            u->llen += k;
-            p += k;
-            len -= k;
-            if (!nl)
-                continue;
-            u->line[u->llen - 1] = '\0';
-            u->llen = 0;
-            unsigned long long size = 0, plen = 0;
-            unsigned mode = 0;
-            if (u->line[0] == 'E') {
-                u->state = 3;
-                continue;
-            } else if (u->line[0] == 'D' && sscanf(u->line, "D %o %llu", &mode, &plen) == 2) {
-                u->type = 'D';
-            } else if (u->line[0] == 'F' &&
-                       sscanf(u->line, "F %o %llu %llu", &mode, &size, &plen) == 3) {
-                u->type = 'F';
-            } else {
-                return bad(u, CTARGET_E_REMOTE, "%s", "the outputs stream is damaged");
-            }
-            if (plen == 0 || plen > 4000)
-                return bad(u, CTARGET_E_REMOTE, "%s", "the outputs stream names a bad path");
-            u->mode = mode & 0777;
-            u->size = u->left = size;
-            u->plen = (size_t)plen;
-            u->path.len = 0;
-            u->state = 1;
-        } else if (u->state == 1) {
-            size_t k = u->plen - u->path.len < len ? u->plen - u->path.len : len;
-            rv_buf_add(&u->path, p, k);
-            p += k;
-            len -= k;
-            if (u->path.len < u->plen)
-                continue;
-            if (memchr(u->path.data, '\0', u->path.len) || !safe_path(u->path.data))
-                return bad(u, CTARGET_E_REMOTE, "refused the output path '%s' (outside "
-                                                "outputs/ or logs/)", u->path.data);
-            if (u->type == 'D') {
-                if (make_dirs(u, u->path.data, 1))
-                    return 1;
-                u->state = 0;
-                continue;
-            }
-            if (make_dirs(u, u->path.data, 0))
-                return 1;
-            u->fd = openat(u->dfd, u->path.data,
-                           O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                           u->mode | 0600);
-            if (u->fd < 0)
-                return bad(u, CTARGET_E_IO, "cannot write %s", u->path.data);
-            u->files++;
-            u->state = 2;
-            if (!u->left) {
-                close(u->fd);
-                u->fd = -1;
-                u->state = 0;
-            }
-        } else if (u->state == 2) {
-            size_t k = u->left < len ? (size_t)u->left : len;
-            for (size_t w = 0; w < k;) {
-                ssize_t n = write(u->fd, p + w, k - w);
-                if (n < 0 && errno == EINTR)
-                    continue;
-                if (n <= 0)
-                    return bad(u, CTARGET_E_IO, "cannot write %s", u->path.data);
-                w += (size_t)n;
-            }
-            u->bytes += k;
-            p += k;
-            len -= k;
-            u->left -= k;
-            if (!u->left) {
-                close(u->fd);
-                u->fd = -1;
-                u->state = 0;
-            }
-        } else {
-            return bad(u, CTARGET_E_REMOTE, "%s", "the outputs stream has bytes after its end");
-        }
-    }
-    return u->rc != CTARGET_OK;
-}
-
+/* The agent's framed stream, unpacked under dest by proto.c (rv_unpack_write). */
 static ctarget_status rv_fetch_outputs(void *ctx, ctarget_call *c, ctarget_target *t,
                                        const ctarget_run_info *run, const char *dest_dir,
                                        ctarget_error *err)
 {
     const ctarget_host *h = ((rv_ctx *)ctx)->h;
-    unpack u = {.h = h, .fd = -1, .err = err, .rc = CTARGET_OK};
-    u.dfd = open(dest_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    rv_unpack u;
+    rv_unpack_init(&u, h, open(dest_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), err);
     if (u.dfd < 0) {
         h->error_set(err, CTARGET_E_IO, 0, errno, "cannot open %s: %s", dest_dir,
                      strerror(errno));
@@ -586,7 +409,7 @@ static ctarget_status rv_fetch_outputs(void *ctx, ctarget_call *c, ctarget_targe
     }
     /* streamed straight into files: outputs may be large */
     const char *args[] = {run->id, NULL};
-    ctarget_status rc = rv_agent_call(h, c, t, "pack", args, NULL, NULL, NULL, 0, unpack_write,
+    ctarget_status rc = rv_agent_call(h, c, t, "pack", args, NULL, NULL, NULL, 0, rv_unpack_write,
                                       &u, NULL, err);
     if (rc == CTARGET_OK && u.rc != CTARGET_OK)
         rc = u.rc;
@@ -595,10 +418,8 @@ static ctarget_status rv_fetch_outputs(void *ctx, ctarget_call *c, ctarget_targe
                      run->id);
         rc = CTARGET_E_REMOTE;
     }
-    if (u.fd >= 0)
-        close(u.fd);
+    rv_unpack_done(&u);
     close(u.dfd);
-    rv_buf_free(&u.path);
     return rc;
 }
 

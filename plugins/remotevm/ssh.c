@@ -55,43 +55,7 @@ struct rv_exec {
 
 static const ctarget_host *H;
 
-/* ---- small buffers ---------------------------------------------------------------------- */
-
-int rv_buf_add(rv_buf *b, const void *data, size_t len)
-{
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + len + 1)
-            cap *= 2;
-        char *p = realloc(b->data, cap);
-        if (!p)
-            return -1;
-        b->data = p;
-        b->cap = cap;
-    }
-    if (len)
-        memcpy(b->data + b->len, data, len);
-    b->len += len;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-int rv_buf_adds(rv_buf *b, const char *s)
-{
-    return rv_buf_add(b, s, strlen(s));
-}
-
-void rv_buf_free(rv_buf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
-int rv_buf_write(void *arg, const void *data, size_t len)
-{
-    return rv_buf_add(arg, data, len);
-}
+/* ---- shell quoting (rv_buf itself is in proto.c) ---------------------------------------- */
 
 char *rv_shell_quote(const char *s)
 {
