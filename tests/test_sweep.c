@@ -786,7 +786,7 @@ static void check_each_child_once(const char *ws, json_t *s, long long n)
 }
 
 static const char RECOVERY_SWEEP[] =
-    "\"parameters\": {\"run_ms\": {\"choice\": [150, 200, 250, 300, 350]}},"
+    "\"parameters\": {\"run_ms\": {\"choice\": [1000, 1200, 1400, 1600, 1800]}},"
     " \"sampling\": \"grid\", \"argument_style\": \"name=value\","
     " \"primary_metric\": \"loss\", \"goal\": \"minimize\", \"max_concurrent_runs\": 2";
 
@@ -895,6 +895,36 @@ static void t_canceling_a_sweep_cancels_its_children(void)
     rl_wait(ws, rid);
     free(rid);
     free(src);
+    free(id);
+    free(f);
+    free(ws);
+}
+
+/* max_duration_minutes, with the driver's minute shortened to 1.5 s: the children (which
+ * would run for 10 minutes) are canceled with the reason and the sweep ends Canceled. */
+static void t_max_duration_cancels_the_running_children(void)
+{
+    char *ws = rl_workspace();
+    char *f = sweep_file("sim", "\"parameters\": {\"curve\": {\"choice\": [\"0.5/+\", \"0.6/+\","
+                         " \"0.7/+\"]}}, \"sampling\": \"grid\", \"argument_style\":"
+                         " \"name=value\", \"primary_metric\": \"acc\", \"goal\": \"maximize\","
+                         " \"max_concurrent_runs\": 2, \"max_duration_minutes\": 1");
+    char *id = submit_sweep(ws, f, (const char *const[]){"CTARGET_SWEEP_TEST_MINUTE_MS=1500", NULL});
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    json_t *s = wait_sweep(ws, id, 130);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(s, "status")), "Canceled");
+    CU_ASSERT(tl_contains(json_string_value(json_object_get(s, "reason")),
+                          "max_duration_minutes (1) reached"));
+    /* two ran and were canceled; the third was never started */
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(s, "children_started")), 2);
+    for (long long i = 0; i < 2; i++) {
+        json_t *c = child_at(s, i);
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(c, "status")), "Canceled");
+        CU_ASSERT(tl_contains(json_string_value(json_object_get(c, "reason")),
+                              "max_duration_minutes (1) reached"));
+    }
+    json_decref(s);
     free(id);
     free(f);
     free(ws);
@@ -1048,6 +1078,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_driver_dying_between_record_and_submit_loses_nothing);
     TL_ADD(s, t_driver_killed_mid_sweep_is_restarted_and_continues);
     TL_ADD(s, t_canceling_a_sweep_cancels_its_children);
+    TL_ADD(s, t_max_duration_cancels_the_running_children);
     TL_ADD(s, t_bayesian_sweep_runs_to_the_end);
 #ifdef SWEEP_TEST_REMOTEVM
     TL_ADD(s, t_remotevm_sweep_keeps_max_concurrent_on_the_machine);

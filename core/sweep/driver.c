@@ -45,6 +45,7 @@ typedef struct drv {
     child *ch;
     size_t n;
     long poll_ms;
+    long long minute_ms;  /* 60000; tests shorten it (CTARGET_SWEEP_TEST_MINUTE_MS) */
 } drv;
 
 static void note(drv *d, const char *fmt, ...) CTARGET_PRINTF(2, 3);
@@ -288,8 +289,9 @@ static void apply_policy(drv *d)
         all[i] = (sw_series){d->ch[i].v, d->ch[i].n, child_done(&d->ch[i])};
     for (size_t i = 0; i < d->n; i++) {
         child *c = &d->ch[i];
+        /* Finalizing: the script has ended, there is nothing left to save */
         if (!c->exists || child_done(c) || c->state == CTARGET_RUN_CANCEL_REQUESTED ||
-            (long long)c->n <= c->evaluated)
+            c->state == CTARGET_RUN_FINALIZING || (long long)c->n <= c->evaluated)
             continue;
         char why[400];
         for (size_t N = (size_t)c->evaluated + 1; N <= c->n; N++)
@@ -378,25 +380,35 @@ static void loop(drv *d)
         ctarget_run_state st = run_row_state(row);
         int64_t now = time_now_ms();
         json_t *started = json_object_get(row, "started_at");
-        /* reconcile: recorded, never submitted (the driver died in between) */
-        for (size_t i = 0; i < d->n; i++)
-            if (!d->ch[i].exists && !d->ch[i].error)
-                submit_child(d, &d->ch[i]);
         if (!stop_why && st == CTARGET_RUN_CANCEL_REQUESTED) {
             const char *r = json_string_value(json_object_get(row, "cancel_cause"));
-            stop_why = xstrdup(r && !strcmp(r, "timeout")
-                                   ? json_string_value(json_object_get(row, "reason"))
-                                   : "the sweep was canceled");
+            stop_why = r && !strcmp(r, "timeout")
+                           ? xasprintf("max_duration_minutes (%lld) reached", d->cfg.max_minutes)
+                           : xstrdup("the sweep was canceled");
         }
         if (!stop_why && json_is_integer(started) &&
-            now - json_integer_value(started) >= d->cfg.max_minutes * 60000) {
+            now - json_integer_value(started) >= d->cfg.max_minutes * d->minute_ms) {
             stop_why = xasprintf("max_duration_minutes (%lld) reached", d->cfg.max_minutes);
             rs_change ch = {.detail = stop_why, .cancel_cause = "timeout"};
             ctarget_error e;
             ctarget_error_init(&e);
             rs_transition(d->ws->st, d->id, CTARGET_RUN_CANCEL_REQUESTED, &ch, NULL, &e);
         }
+        /* reconcile: recorded, never submitted (the driver died in between); once the
+         * sweep is stopping such a child is not started at all */
+        for (size_t i = 0; i < d->n; i++) {
+            if (d->ch[i].exists || d->ch[i].error)
+                continue;
+            if (stop_why) {
+                char *why = xasprintf("not started: %s", stop_why);
+                set_child_error(d, &d->ch[i], why);
+                free(why);
+            } else {
+                submit_child(d, &d->ch[i]);
+            }
+        }
         if (stop_why) {
+            load_children(d);
             for (size_t i = 0; i < d->n; i++)
                 if (d->ch[i].exists && !child_done(&d->ch[i]) &&
                     d->ch[i].state != CTARGET_RUN_CANCEL_REQUESTED)
@@ -437,6 +449,7 @@ void sw_drive(ctarget_ws *ws, const char *id)
 {
     drv d = {.ws = ws, .id = id};
     d.poll_ms = env_long("CTARGET_POLL_INTERVAL_MS", 500);
+    d.minute_ms = env_long("CTARGET_SWEEP_TEST_MINUTE_MS", 60000);
     d.row = run_row(ws->st, id);
     if (!d.row)
         return;
