@@ -965,11 +965,16 @@ static void t_bayesian_sweep_runs_to_the_end(void)
 /* ---- remotevm: a real sshd; concurrency sampled on the machine itself -------------------------- */
 
 /* Each child counts the children alive on the machine (a marker file each in a shared
- * directory) when it starts and halfway, appending the counts to samples. */
+ * directory, removed when it ends or is canceled) three times, appending the counts to
+ * samples. */
 static const char CONCURRENT_PY[] =
-    "import json, os, sys, time\n"
+    "import json, os, signal, sys, time\n"
     "d = os.environ['SWEEP_DIR']\n"
     "me = os.path.join(d, 'live', os.environ['CTARGET_RUN_ID'])\n"
+    "def stop(*a):\n"
+    "    os.remove(me)\n"
+    "    os._exit(143)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
     "open(me, 'w').close()\n"
     "lr = float(sys.argv[sys.argv.index('--lr') + 1])\n"
     "with open(os.path.join(d, 'samples'), 'a') as f:\n"
