@@ -135,7 +135,7 @@ static int exit_for(json_t *s)
 
 static void show_human(json_t *s)
 {
-    static const char *const keys[] = {"id", "experiment", "target", "status", "reason",
+    static const char *const keys[] = {"id", "experiment", "target", "status", "summary",
                                        "sampling", "seed", "primary_metric", "goal",
                                        "max_total_runs", "max_concurrent_runs",
                                        "max_duration_minutes", "children_started",

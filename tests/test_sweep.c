@@ -584,6 +584,8 @@ static void t_bandit_sweep_cancels_exactly_the_children_outside_the_slack(void)
     free(got);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(s, "status")), "Completed");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(s, "stopped_early")), 2);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(s, "summary")),
+                           "4 children: 2 completed, 0 failed, 2 canceled");
     json_t *c1 = child_at(s, 1), *c3 = child_at(s, 3);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(c1, "status")), "Canceled");
     CU_ASSERT(tl_contains(json_string_value(json_object_get(c1, "reason")),

@@ -152,6 +152,11 @@ static json_t *sweep_render(ctarget_ws *ws, json_t *row, const sw_config *cfg)
                                        "script", "monitor"};
     for (size_t i = 0; i < CT_ARRAY_LEN(copy); i++)
         json_object_set(o, copy[i], json_object_get(run, copy[i]));
+    /* the latest transition's detail: how it ended ("50 children: 20 completed, ...") */
+    json_t *ev = json_object_get(run, "events");
+    json_t *last = json_array_get(ev, json_array_size(ev) ? json_array_size(ev) - 1 : 0);
+    json_t *detail = json_object_get(last, "detail");
+    json_object_set(o, "summary", detail ? detail : json_null());
     json_decref(run);
     json_t *doc = cfg->doc;
     json_object_set_new(o, "sampling", json_string(sw_sampling_name(cfg->sampling)));

@@ -215,7 +215,8 @@ typedef struct ctarget_sweep_opts {
  * max_concurrent_runs}; id is the parent run's id (every ctarget_run_* function takes it). */
 CTARGET_API ctarget_status ctarget_sweep_submit(ctarget_ws *ws, const ctarget_sweep_opts *opts,
                                                 char **json, ctarget_error *err);
-/* JSON: id, experiment, target, status, reason, times, sampling, seed, primary_metric, goal,
+/* JSON: id, experiment, target, status, reason, summary (the latest transition's detail,
+ * e.g. how many children completed), times, sampling, seed, primary_metric, goal,
  * early_termination, parameters, max_*, children_started, children_by_status{},
  * stopped_early, best {index, id, value, params, arguments} (or null), children[] ranked
  * by the last value of the primary metric (best first; those without a value last):
