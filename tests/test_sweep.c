@@ -535,6 +535,20 @@ static void t_bad_configuration_is_refused_whole(void)
         tl_result_free(&r);
         free(f);
     }
+    /* a file that is not there, or not JSON */
+    tl_result m = TL_CT(ws, "sweep", "submit", "--config", "/nonexistent/sweep.json");
+    TL_ASSERT_EXIT(m, 4);
+    CU_ASSERT(tl_contains(m.err, "sweep configuration /nonexistent/sweep.json: unable to open"));
+    tl_result_free(&m);
+    char *src0 = rl_source();
+    char *p0 = tl_path(src0, "sweep.json");
+    tl_write_file(p0, "{\"run\": {\n");
+    m = TL_CT(ws, "sweep", "submit", "--config", p0);
+    TL_ASSERT_EXIT(m, 3);
+    CU_ASSERT(tl_contains(m.err, "(line 2)"));
+    tl_result_free(&m);
+    free(p0);
+    free(src0);
     /* the run part is checked like a run configuration */
     char *src = rl_source();
     char *p = tl_path(src, "sweep.json");

@@ -167,6 +167,10 @@ ctarget_status sw_config_load(const char *file, sw_config *c, ctarget_error *err
     memset(c, 0, sizeof *c);
     json_error_t je;
     json_t *doc = json_load_file(file, JSON_REJECT_DUPLICATES, &je);
+    if (!doc && je.line < 1) { /* not read at all */
+        ct_err(err, CTARGET_E_NOT_FOUND, "sweep configuration %s: %s", file, je.text);
+        return CTARGET_E_NOT_FOUND;
+    }
     if (!doc) {
         ct_err(err, CTARGET_E_CONFIG, "sweep configuration %s: %s (line %d)", file, je.text,
                je.line);

@@ -1,6 +1,12 @@
-/* Early termination policies, with Azure ML HyperDrive's documented semantics
- * (azureml.train.hyperdrive BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy;
- * azure.ai.ml.sweep for exclude_finished_jobs):
+/* Early termination policies, with Azure ML HyperDrive's documented semantics: the SDK v1
+ * reference pages of azureml.train.hyperdrive.BanditPolicy, MedianStoppingPolicy and
+ * TruncationSelectionPolicy (learn.microsoft.com/python/api/azureml-train-core/
+ * azureml.train.hyperdrive.banditpolicy, ...medianstoppingpolicy,
+ * ...truncationselectionpolicy) and the R SDK's identical texts with their examples
+ * (azure.github.io/azureml-sdk-for-r/reference/truncation_selection_policy.html); SDK v2
+ * (azure.ai.ml.sweep) has the same three policies and parameters.  exclude_finished_jobs is
+ * not in any of those pages: it is ours (issue 14), defined below.  Quoted below where the
+ * wording decides:
  *
  * - An interval is one logged value of the primary metric: value i of a child is its
  *   interval i+1.  "The policy applies every multiple of evaluation_interval that is greater
@@ -20,8 +26,8 @@
  * - TruncationSelectionPolicy: "cancels a given percentage of lowest performing runs at each
  *   evaluation interval": at N the runs are ranked by their value at interval N and the run
  *   stops when it is among the floor(count * truncation_percentage / 100) lowest (ties go
- *   against the later child).  exclude_finished_jobs leaves finished runs out of the
- *   ranking. */
+ *   against the later child).  exclude_finished_jobs (default false) leaves finished runs
+ *   out of the ranking, so the running ones compete only with each other. */
 #include "config.h"
 
 #include <math.h>
