@@ -898,9 +898,24 @@ static void t_canceling_a_sweep_cancels_its_children(void)
     CU_ASSERT(tl_contains(json_string_value(json_object_get(child_at(s, 0), "reason")),
                           "the sweep was canceled"));
     json_decref(s);
-    /* a sweep is listed; a plain run is not a sweep */
+    /* a sweep is listed (as a table too); a plain run is not a sweep */
     r = TL_CT(ws, "sweep", "list", "-o", "json");
     CU_ASSERT(tl_contains(r.out, id));
+    tl_result_free(&r);
+    r = TL_CT(ws, "sweep", "list");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "SAMPLING") && tl_contains(r.out, id) &&
+              tl_contains(r.out, "Canceled"));
+    tl_result_free(&r);
+    /* the sweep is a parent run: run show knows it */
+    json_t *parent = rl_show(ws, id);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(parent, "kind")), "sweep");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(parent, "status")), "Canceled");
+    json_decref(parent);
+    r = TL_CT(ws, "sweep", "--help");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "distributions: choice, randint") &&
+              tl_contains(r.out, "examples:"));
     tl_result_free(&r);
     char *src = rl_source();
     char *rid = rl_submit(ws, src, NULL, NULL);
