@@ -21,6 +21,7 @@ static const char main_help[] =
     "  plugins            list the target-type plugins found, loaded or refused\n"
     "  compute            create, attach, inspect, update, detach and delete targets\n"
     "  snapshot           snapshot source directories; list, show, diff, export, gc\n"
+    "  sweep              hyperparameter sweeps: child runs over a parameter space\n"
     "  version            print the version\n"
     "  help COMMAND       explain a command (same as COMMAND --help)\n"
     "\n"
@@ -69,6 +70,7 @@ static const struct command commands[] = {
     {"run", cmd_run},
     {"env", cmd_env},
     {"snapshot", cmd_snapshot},
+    {"sweep", cmd_sweep},
 };
 
 /* Run monitors are this very program, started as `ctarget run __monitor ID`. */

@@ -70,9 +70,30 @@ int run_experiment_name_ok(const char *name);
  * the file's directory, a string environment turned into {"name": ...}). */
 ctarget_status run_config_load(const char *file, json_t **out, ctarget_error *err);
 /* The merged configuration's values: required keys, ranges, names. */
-ctarget_status run_config_check(json_t *c, ctarget_error *err);
+ctarget_status run_config_check_values(json_t *c, ctarget_error *err);
 /* What the monitor needs besides the columns (a new reference; env is borrowed). */
 json_t *run_config_stored(json_t *c, const char *script, json_t *env);
+
+/* ---- run_submit.c: submitting from a configuration object (sweeps submit their children
+ * this way) ------------------------------------------------------------------------------ */
+
+typedef struct run_sub {
+    const char *id;       /* NULL: a new id; else this one (CTARGET_E_EXISTS if it is taken) */
+    const char *parent;   /* the parent run (a sweep), or NULL */
+    const char *kind;     /* "run" (NULL) or "sweep" */
+    const char *snapshot; /* NULL: snapshot the source now; else run this snapshot */
+    json_t *git;          /* with snapshot: its git information (borrowed) */
+    json_t *extra;        /* merged into the stored configuration (borrowed), or NULL */
+    uint64_t need_caps;   /* capabilities the target must declare beyond running scripts */
+} run_sub;
+
+/* Check an inline run configuration as a configuration file is checked (keys, types;
+ * file names it in messages) and anchor its relative paths at base (NULL: as they are). */
+ctarget_status run_config_check(json_t *obj, const char *file, const char *base,
+                                ctarget_error *err);
+/* Submit the (checked) configuration c; *json as ctarget_run_submit's. */
+ctarget_status run_submit_config(struct ctarget_ws *ws, json_t *c, const run_sub *x,
+                                 char **json, ctarget_error *err);
 
 /* ---- run_monitor.c ------------------------------------------------------------------------ */
 

@@ -164,7 +164,7 @@ json_t *run_render(ctarget_ws *ws, json_t *row)
     json_t *cfg = json_object_get(row, "config");
     json_t *o = render_brief(row);
     static const char *const copy[] = {"target_type", "native_state", "attempt", "term_signal",
-                                       "snapshot_id", "source_dir", "git"};
+                                       "snapshot_id", "source_dir", "git", "parent", "kind"};
     for (size_t i = 0; i < CT_ARRAY_LEN(copy); i++)
         json_object_set(o, copy[i], json_object_get(row, copy[i]));
     json_object_set_new(o, "started_at", iso_or_null(json_object_get(row, "started_at")));

@@ -226,6 +226,30 @@ static void want_cancel(mon *m, ending *e, int *done)
     m->cancel_sent_ms = now;
 }
 
+/* Why the run was asked to stop, when it was not the user (a sweep's termination policy,
+ * or its sweep ending): the CancelRequested event's detail; NULL otherwise (owned). */
+static char *cancel_detail(mon *m)
+{
+    const char *cause = json_string_value(json_object_get(m->row, "cancel_cause"));
+    if (!cause || !strcmp(cause, "user") || !strcmp(cause, "timeout"))
+        return NULL;
+    sqlite3_stmt *s = store_prepare(m->ws->st, "SELECT detail FROM run_events WHERE run=? AND"
+                                               " to_status='CancelRequested' ORDER BY seq DESC"
+                                               " LIMIT 1", NULL);
+    char *d = NULL;
+    if (s) {
+        store_bind_text(s, 1, m->id);
+        if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
+            d = store_col_text(s, 0);
+        sqlite3_finalize(s);
+    }
+    if (d && !*d) {
+        free(d);
+        d = NULL;
+    }
+    return d;
+}
+
 static void poll_ending(mon *m, const ctarget_run_poll *p, ending *e)
 {
     const char *cause = json_string_value(json_object_get(m->row, "cancel_cause"));
@@ -234,8 +258,11 @@ static void poll_ending(mon *m, const ctarget_run_poll *p, ending *e)
     } else if (p->state == CTARGET_RUN_CANCELED) {
         if (cause && !strcmp(cause, "timeout"))
             set_ending(e, CTARGET_RUN_FAILED, "timeout after %lld s", m->ri.timeout_seconds);
-        else if (m->state == CTARGET_RUN_CANCEL_REQUESTED)
-            set_ending(e, CTARGET_RUN_CANCELED, "canceled");
+        else if (m->state == CTARGET_RUN_CANCEL_REQUESTED) {
+            char *why = cancel_detail(m);
+            set_ending(e, CTARGET_RUN_CANCELED, "%s", why ? why : "canceled");
+            free(why);
+        }
         else
             set_ending(e, CTARGET_RUN_FAILED, "canceled on the target, not through ctarget%s%s",
                        p->reason[0] ? ": " : "", p->reason);

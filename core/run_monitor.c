@@ -19,6 +19,7 @@
 #include "registry.h"
 #include "run.h"
 #include "run_mon.h"
+#include "sweep/sweep.h"
 #include "util.h"
 #include "ws.h"
 
@@ -261,6 +262,15 @@ ctarget_status ctarget_run_monitor(ctarget_ws *ws, const char *id_in, ctarget_er
     }
     record_monitor(&m);
     mon_refresh(&m);
+    const char *kind = json_string_value(json_object_get(m.row, "kind"));
+    if (kind && !strcmp(kind, "sweep")) {
+        /* a sweep's monitor is its driver (core/sweep/driver.c) */
+        sw_drive(ws, id);
+        json_decref(m.row);
+        close(m.lock_fd);
+        free(id);
+        return CTARGET_OK;
+    }
     m.poll_ms = env_long("CTARGET_POLL_INTERVAL_MS", 500, 1);
     m.log_path = run_file(ws->dir, id, "std_log.txt");
     m.work_dir = run_file(ws->dir, id, "work");

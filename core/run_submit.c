@@ -130,15 +130,9 @@ static void anchor_path(json_t *obj, const char *key, const char *base)
     }
 }
 
-ctarget_status run_config_load(const char *file, json_t **out, ctarget_error *err)
+ctarget_status run_config_check(json_t *j, const char *file, const char *base,
+                                ctarget_error *err)
 {
-    json_error_t je;
-    json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &je);
-    if (!j) {
-        ct_err(err, CTARGET_E_CONFIG, "run configuration %s: %s (line %d)", file, je.text,
-               je.line);
-        return CTARGET_E_CONFIG;
-    }
     ctarget_status rc = CTARGET_OK;
     if (!json_is_object(j)) {
         ct_err(err, CTARGET_E_CONFIG, "run configuration %s: expected a JSON object", file);
@@ -148,15 +142,8 @@ ctarget_status run_config_load(const char *file, json_t **out, ctarget_error *er
         if (json_is_object(env))
             rc = check_keys(file, "environment.", env, env_keys, CT_ARRAY_LEN(env_keys), err);
     }
-    if (rc) {
-        json_decref(j);
+    if (rc)
         return rc;
-    }
-    char *dir = xstrdup(file);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    const char *base = slash ? dir : NULL;
     anchor_path(j, "source_directory", base);
     json_t *env = json_object_get(j, "environment");
     if (json_is_string(env))
@@ -165,7 +152,28 @@ ctarget_status run_config_load(const char *file, json_t **out, ctarget_error *er
         anchor_path(env, "requirements", base);
         anchor_path(env, "conda", base);
     }
+    return CTARGET_OK;
+}
+
+ctarget_status run_config_load(const char *file, json_t **out, ctarget_error *err)
+{
+    json_error_t je;
+    json_t *j = json_load_file(file, JSON_REJECT_DUPLICATES, &je);
+    if (!j) {
+        ct_err(err, CTARGET_E_CONFIG, "run configuration %s: %s (line %d)", file, je.text,
+               je.line);
+        return CTARGET_E_CONFIG;
+    }
+    char *dir = xstrdup(file);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    ctarget_status rc = run_config_check(j, file, slash ? dir : NULL, err);
     free(dir);
+    if (rc) {
+        json_decref(j);
+        return rc;
+    }
     *out = j;
     return CTARGET_OK;
 }
@@ -238,7 +246,7 @@ static ctarget_status merge_opts(const ctarget_run_opts *o, json_t **out, ctarge
 
 /* ---- checks ---------------------------------------------------------------------------- */
 
-ctarget_status run_config_check(json_t *c, ctarget_error *err)
+ctarget_status run_config_check_values(json_t *c, ctarget_error *err)
 {
     static const char *const required[] = {"target", "source_directory", "script"};
     for (size_t i = 0; i < CT_ARRAY_LEN(required); i++)
@@ -295,11 +303,36 @@ static char *script_types(void)
     return sb_detach(&sb);
 }
 
-static ctarget_status check_caps(reg_target *rt, json_t *c, ctarget_error *err)
+/* Types whose plugins declare cap, for the refusal message. */
+static char *types_with(uint64_t cap)
+{
+    size_t n;
+    plugin **all = loader_all(&n);
+    strbuf sb;
+    sb_init(&sb);
+    for (size_t i = 0; i < n; i++)
+        if (!all[i]->reason && (all[i]->d.capabilities & cap))
+            sb_addf(&sb, "%s%s", sb.len ? ", " : "", all[i]->name);
+    if (!sb.len)
+        sb_adds(&sb, "none installed");
+    return sb_detach(&sb);
+}
+
+static ctarget_status check_caps(reg_target *rt, json_t *c, const run_sub *x,
+                                 ctarget_error *err)
 {
     const plugin *pl = rt->pl;
     uint64_t caps = pl->d.capabilities;
     const char *name = rt->t->name;
+    if (x && (x->need_caps & CTARGET_CAP_HYPERPARAMETER_TUNING) &&
+        !(caps & CTARGET_CAP_HYPERPARAMETER_TUNING)) {
+        char *types = types_with(CTARGET_CAP_HYPERPARAMETER_TUNING);
+        ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) cannot run hyperparameter "
+               "sweeps: submit the sweep to a target whose type has the hyperparameter-tuning "
+               "capability (types that do: %s)", name, pl->name, types);
+        free(types);
+        return CTARGET_E_UNSUPPORTED;
+    }
     if (caps & CTARGET_CAP_PIPELINE_ONLY) {
         ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) runs pipeline steps only, "
                "not plain script runs: use it as the target of a pipeline step, or submit "
@@ -404,6 +437,7 @@ typedef struct new_run {
     const char *id, *experiment, *target, *type, *source, *snapshot;
     json_t *git, *config;
     const char *env_name;
+    const char *parent, *kind;
 } new_run;
 
 static ctarget_status insert_run(store *st, const new_run *r, ctarget_error *err)
@@ -427,16 +461,17 @@ static ctarget_status insert_run(store *st, const new_run *r, ctarget_error *err
         goto fail;
     }
     s = store_prepare(st, "INSERT INTO runs(id, experiment, target, target_type, status,"
-                          " snapshot_id, source_dir, git, config, environment, created_at,"
-                          " updated_at) VALUES (?,?,?,?,'NotStarted',?,?,?,?,?,?,?)", err);
+                          " snapshot_id, source_dir, git, config, environment, parent, kind,"
+                          " created_at, updated_at) VALUES (?,?,?,?,'NotStarted',?,?,?,?,?,?,?,"
+                          "?,?)", err);
     if (!s)
         goto fail;
     const char *vals[] = {r->id, r->experiment, r->target, r->type, r->snapshot, r->source,
-                          git, config, r->env_name};
-    for (int i = 0; i < 9; i++)
+                          git, config, r->env_name, r->parent, r->kind ? r->kind : "run"};
+    for (int i = 0; i < 11; i++)
         store_bind_text(s, i + 1, vals[i]);
-    sqlite3_bind_int64(s, 10, now);
-    sqlite3_bind_int64(s, 11, now);
+    sqlite3_bind_int64(s, 12, now);
+    sqlite3_bind_int64(s, 13, now);
     step = sqlite3_step(s);
     sqlite3_finalize(s);
     if (step != SQLITE_DONE) {
@@ -499,12 +534,12 @@ json_t *run_config_stored(json_t *c, const char *script, json_t *env)
 
 static ctarget_status prepare_run(ctarget_ws *ws, json_t *c, const char *id, new_run *r,
                                   reg_target **rtp, char **src, char **script, char **snap,
-                                  ctarget_error *err)
+                                  const run_sub *x, ctarget_error *err)
 {
     ctarget_status rc;
-    if ((rc = run_config_check(c, err)) ||
+    if ((rc = run_config_check_values(c, err)) ||
         (rc = reg_load(ws, json_string_value(json_object_get(c, "target")), 1, rtp, err)) ||
-        (rc = check_caps(*rtp, c, err)) || (rc = check_source(c, src, script, err)))
+        (rc = check_caps(*rtp, c, x, err)) || (rc = check_source(c, src, script, err)))
         return rc;
     char *dir = run_dir(ws->dir, id);
     json_t *env = NULL;
@@ -517,12 +552,18 @@ static ctarget_status prepare_run(ctarget_ws *ws, json_t *c, const char *id, new
     free(dir);
     if (rc)
         return rc;
-    if ((rc = snapshot_source(ws, *src, snap, &r->git, err))) {
+    if (x && x->snapshot) {
+        /* the children of a sweep all run the parent's snapshot */
+        *snap = xstrdup(x->snapshot);
+        r->git = json_is_object(x->git) ? json_incref(x->git) : json_null();
+    } else if ((rc = snapshot_source(ws, *src, snap, &r->git, err))) {
         json_decref(env);
         return rc;
     }
     r->env_name = json_string_value(json_object_get(env, "name"));
     r->config = run_config_stored(c, *script, env);
+    if (x && x->extra)
+        json_object_update(r->config, x->extra);
     json_decref(env); /* run_config_stored holds its own reference */
     return CTARGET_OK;
 }
@@ -536,10 +577,31 @@ ctarget_status ctarget_run_submit(ctarget_ws *ws, const ctarget_run_opts *o, cha
     ctarget_status rc = merge_opts(o ? o : &none, &c, err);
     if (rc)
         return rc;
-    char *id = run_new_id(), *src = NULL, *script = NULL, *snap = NULL;
+    rc = run_submit_config(ws, c, NULL, json, err);
+    json_decref(c);
+    return rc;
+}
+
+ctarget_status run_submit_config(ctarget_ws *ws, json_t *c, const run_sub *x, char **json,
+                                 ctarget_error *err)
+{
+    *json = NULL;
+    ctarget_status rc;
+    if (x && x->id) {
+        /* a recorded child that exists already was started: never touch it again */
+        json_t *row = run_row(ws->st, x->id);
+        if (row) {
+            json_decref(row);
+            ct_err(err, CTARGET_E_EXISTS, "run %s exists already", x->id);
+            return CTARGET_E_EXISTS;
+        }
+    }
+    char *id = x && x->id ? xstrdup(x->id) : run_new_id(), *src = NULL, *script = NULL,
+         *snap = NULL;
     reg_target *rt = NULL;
-    new_run r = {.id = id, .git = NULL};
-    if ((rc = prepare_run(ws, c, id, &r, &rt, &src, &script, &snap, err)))
+    new_run r = {.id = id, .git = NULL, .parent = x ? x->parent : NULL,
+                 .kind = x ? x->kind : NULL};
+    if ((rc = prepare_run(ws, c, id, &r, &rt, &src, &script, &snap, x, err)))
         goto fail;
     const char *exp = json_string_value(json_object_get(c, "experiment"));
     r.experiment = exp ? exp : "default";
@@ -568,7 +630,6 @@ fail:
     }
 out:
     reg_target_free(rt);
-    json_decref(c);
     json_decref(r.git);
     json_decref(r.config);
     free(id);

@@ -132,6 +132,24 @@ static const char *const migrations[] = {
     /* 3 -> 4: the stat cache moves out of the store into one file per source directory,
      * read in one go (core/snap_db.c); the old rows were only a cache. */
     "DROP TABLE stat_cache;",
+    /* 4 -> 5: sweeps (core/sweep/).  A sweep is a run of kind 'sweep' whose monitor is the
+     * sweep driver; its children are runs with parent = the sweep's id.  sweep_children
+     * records each child (index, id, parameters, arguments) before the child is submitted,
+     * so a restarted driver neither loses one nor starts one twice; evaluated is the last
+     * interval the termination policy has judged; error, why the child could not be submitted. */
+    "ALTER TABLE runs ADD COLUMN parent TEXT;"
+    "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'run';"
+    "CREATE INDEX runs_parent ON runs(parent);"
+    "CREATE TABLE sweep_children("
+    "  sweep TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL,"
+    "  run TEXT NOT NULL UNIQUE,"
+    "  params TEXT NOT NULL,"
+    "  arguments TEXT NOT NULL,"
+    "  evaluated INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY(sweep, idx));",
 };
 
 /* Checkpoint the WAL into the database every this many pages (see store_open). */

@@ -1,5 +1,5 @@
 /* Fuzz target: run configuration files (`ctarget run submit --config FILE`,
- * core/run_submit.c: run_config_load, run_config_check, run_config_stored).
+ * core/run_submit.c: run_config_load, run_config_check_values, run_config_stored).
  *
  * Properties: a refusal always says why; an accepted configuration is an object of known
  * keys only, its environment an object (a name string is turned into {"name": ...}) with
@@ -66,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *src = json_string_value(json_object_get(c, "source_directory"));
     if (src)
         FZ_CHECK(src[0] == '/', "source_directory '%s' left relative", src);
-    if (run_config_check(c, &err) == CTARGET_OK) {
+    if (run_config_check_values(c, &err) == CTARGET_OK) {
         json_t *e = env ? env : json_object();
         json_t *rec = run_config_stored(c, "train.py", e);
         FZ_CHECK(rec, "an accepted configuration gave no stored record");

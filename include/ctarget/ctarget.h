@@ -197,6 +197,43 @@ CTARGET_API ctarget_status ctarget_run_monitor(ctarget_ws *ws, const char *id,
  * NULL (the default): $CTARGET_MONITOR_PROGRAM, else the installed ctarget command. */
 CTARGET_API void ctarget_set_monitor_program(const char *path);
 
+/* ---- hyperparameter sweeps --------------------------------------------------------------- */
+/* A sweep runs many child runs of one script with arguments drawn from a parameter space
+ * (grid, seeded random or TPE "bayesian" sampling), reads each child's primary metric and
+ * stops children early by a termination policy (bandit, median stopping, truncation
+ * selection, with Azure ML HyperDrive's semantics).  It is a run of kind "sweep" whose
+ * monitor is the sweep driver; its children are runs whose parent is the sweep.  Only on
+ * targets whose plugin declares CTARGET_CAP_HYPERPARAMETER_TUNING.  The configuration file
+ * format is in ctarget(1) and examples/sweep.json. */
+typedef struct ctarget_sweep_opts {
+    size_t struct_size;
+    const char *config_file;  /* the sweep configuration (JSON) */
+    const char *experiment;   /* overrides the run configuration's, or NULL */
+    const char *target;       /* overrides the run configuration's, or NULL */
+} ctarget_sweep_opts;
+/* JSON {id, status, experiment, target, snapshot_id, sampling, seed, max_total_runs,
+ * max_concurrent_runs}; id is the parent run's id (every ctarget_run_* function takes it). */
+CTARGET_API ctarget_status ctarget_sweep_submit(ctarget_ws *ws, const ctarget_sweep_opts *opts,
+                                                char **json, ctarget_error *err);
+/* JSON: id, experiment, target, status, reason, summary (the latest transition's detail,
+ * e.g. how many children completed), times, sampling, seed, primary_metric, goal,
+ * early_termination, parameters, max_*, children_started, children_by_status{},
+ * stopped_early, best {index, id, value, params, arguments} (or null), children[] ranked
+ * by the last value of the primary metric (best first; those without a value last):
+ * {rank, index, id, status, reason, value, intervals, params{}, arguments[], stopped_early}.
+ * Restarts a dead driver, as reading any run does. */
+CTARGET_API ctarget_status ctarget_sweep_show(ctarget_ws *ws, const char *id, char **json,
+                                              ctarget_error *err);
+/* Newest first: {id, experiment, target, status, sampling, primary_metric,
+ * children_started, max_total_runs, stopped_early, best_value, created_at}. */
+CTARGET_API ctarget_status ctarget_sweep_list(ctarget_ws *ws, char **json, ctarget_error *err);
+/* Until the sweep ends (timeout_ms 0: no limit); JSON as show. */
+CTARGET_API ctarget_status ctarget_sweep_wait(ctarget_ws *ws, const char *id, long timeout_ms,
+                                              char **json, ctarget_error *err);
+/* Cancel the sweep: no new children, the running ones canceled; JSON as show. */
+CTARGET_API ctarget_status ctarget_sweep_cancel(ctarget_ws *ws, const char *id, char **json,
+                                                ctarget_error *err);
+
 /* ---- environments ----------------------------------------------------------------------- */
 typedef struct ctarget_env_opts {
     size_t struct_size;

@@ -21,6 +21,10 @@
  *   lost_until=F   NOT_RESPONDING from the start of the running time until F exists
  *   end_after=F    the script does not end by itself before F exists
  *   cancel_after=F a cancel does not take effect before F exists
+ *   curve=V1/V2/..[/+]  the metric "acc" takes these values, one every curve_ms (default
+ *                  40) from the start of the running time, which lasts one curve_ms
+ *                  more; a final "+" holds the run Running for 10 minutes after the last
+ *                  value (a child the test expects a sweep's policy to cancel)
  * The log starts with one line per argument ("arg[i]=<bytes>") and per environment entry
  * ("env NAME=value", plus "env_kind K hash H"); fetch_outputs writes outputs/model.txt.
  * submit() appends to work_dir/submits, so tests can count starts.
@@ -42,15 +46,17 @@
 #define TR_CAPS (CTARGET_CAP_PIPELINE_STEP | CTARGET_CAP_PIPELINE_ONLY | CTARGET_CAP_SCRIPT_RUN)
 #else
 #define TR_NAME "testrun"
-#define TR_CAPS (CTARGET_CAP_SCRIPT_RUN | CTARGET_CAP_CANCEL)
+#define TR_CAPS (CTARGET_CAP_SCRIPT_RUN | CTARGET_CAP_CANCEL | CTARGET_CAP_HYPERPARAMETER_TUNING)
 #endif
 
 static const ctarget_host *H;
 
 typedef struct sim {
     long long queue_ms, run_ms, exit_code, sig, lines, metrics, badmetric, vanish, lost_ms,
-        cancel_ms, prepare_fail;
+        cancel_ms, prepare_fail, curve_ms;
     const char *queue_until, *lost_until, *end_after, *cancel_after; /* gates, or NULL */
+    double curve[64];
+    int n_curve;
 } sim;
 
 static const char *arg_str(const ctarget_run_info *r, const char *key)
@@ -88,6 +94,27 @@ static void sim_read(const ctarget_run_info *r, sim *s)
     s->lost_until = arg_str(r, "lost_until");
     s->end_after = arg_str(r, "end_after");
     s->cancel_after = arg_str(r, "cancel_after");
+    s->curve_ms = arg_ll(r, "curve_ms", 40);
+    s->n_curve = 0;
+    for (size_t i = 0; i < r->n_args; i++) {
+        if (strncmp(r->args[i], "curve=", 6))
+            continue;
+        const char *p = r->args[i] + 6;
+        int hold = 0;
+        while (*p && s->n_curve < 64) {
+            if (*p == '+') {
+                hold = 1;
+                break;
+            }
+            char *end;
+            double v = strtod(p, &end);
+            if (end == p)
+                break;
+            s->curve[s->n_curve++] = v;
+            p = *end == '/' ? end + 1 : end;
+        }
+        s->run_ms = hold ? 600000 : s->curve_ms * (s->n_curve + 1);
+    }
 }
 
 static char *wfile(const ctarget_run_info *r, const char *name)
@@ -294,6 +321,9 @@ static char *metrics_text(const sim *s, const simclock *c, size_t *len)
 {
     char *buf = NULL;
     FILE *f = open_memstream(&buf, len);
+    for (int k = 0; k < s->n_curve; k++)
+        if (c->t >= s->queue_ms + s->curve_ms * (k + 1))
+            fprintf(f, "{\"name\": \"acc\", \"value\": %.17g, \"step\": %d}\n", s->curve[k], k);
     for (long long k = 0; k < s->metrics; k++) {
         if (c->t < s->queue_ms + s->run_ms * (k + 1) / (s->metrics + 1))
             break;
