@@ -241,8 +241,10 @@ ctarget_status az_arm_list(az_ctx *az, const az_arm_req *req,
 
 typedef struct az_blob az_blob;
 
-/* Container opened through a SAS URL ("https://.../CONTAINER?sv=...&sig=..."; Azure ML's
- * startPendingUpload gives one).  The SAS is a secret: it is never printed. */
+/* Container opened through a SAS URL ("https://.../CONTAINER[/FOLDER]?sv=...&sig=..."; Azure
+ * ML's startPendingUpload gives one naming a folder, "LocalUpload/<id>").  Blob names given to
+ * the functions below are relative to the container, not the folder: prefix them with
+ * az_blob_folder0().  The SAS is a secret: it is never printed. */
 ctarget_status az_blob_open_sas(az_ctx *az, const char *container_sas_url, az_blob **out,
                                 ctarget_error *err);
 /* Container opened with Shared Key auth.  endpoint is the account's blob endpoint
@@ -252,6 +254,9 @@ ctarget_status az_blob_open_key(az_ctx *az, const char *endpoint, const char *ac
                                 const char *key_b64, const char *container, az_blob **out,
                                 ctarget_error *err);
 void az_blob_close(az_blob *b);
+/* The folder a SAS URL named ("LocalUpload/abc", unescaped), or "". */
+const char *az_blob_folder0(const az_blob *b);
+const char *az_blob_container0(const az_blob *b);
 
 /* Creates the container (201, or 409 ContainerAlreadyExists -> OK). */
 ctarget_status az_blob_create_container(az_blob *b, ctarget_error *err);

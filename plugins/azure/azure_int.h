@@ -36,6 +36,7 @@ struct az_ctx {
     ((az)->h->error_set((err), (code), (transient), 0, __VA_ARGS__))
 
 char *az_strdup(const char *s);
+char *az_url_unescape(const char *s);
 char *az_asprintf(const char *fmt, ...) CTARGET_PRINTF(1, 2);
 void az_wipe_free(char *s);
 /* http/https URL check: https always; http only when allow_http and the host is loopback or

@@ -38,6 +38,7 @@ struct az_blob {
     unsigned char *key;  /* decoded account key (secret) */
     size_t key_len;
     char *container;
+    char *folder;        /* the folder a SAS URL named inside the container, or "" */
     uint64_t requests, bytes_sent;
 };
 
@@ -71,6 +72,7 @@ void az_blob_close(az_blob *b)
         free(b->key);
     }
     free(b->container);
+    free(b->folder);
     free(b);
 }
 
@@ -81,26 +83,61 @@ static const char *url_path(const char *url)
     return p ? p : "/";
 }
 
+/* A SAS URL names a container, or a folder in it (Azure ML's startPendingUpload gives
+ * ".../CONTAINER/LocalUpload/HASH?sv=...&sr=c&sig=...").  The container is the first path
+ * segment on *.blob.* hosts, the second on path-style hosts (Azurite: /ACCOUNT/CONTAINER). */
 ctarget_status az_blob_open_sas(az_ctx *az, const char *url, az_blob **out, ctarget_error *err)
 {
     *out = NULL;
     const char *q = strchr(url, '?');
-    if (az_url_ok(url, 0) != 0 || !q || !strstr(q, "sig=")) {
+    const char *hs = strstr(url, "://");
+    const char *ps = hs ? strchr(hs + 3, '/') : NULL;
+    if (az_url_ok(url, 0) != 0 || !q || !strstr(q, "sig=") || !ps || ps > q) {
         AZ_ERR(az, err, CTARGET_E_REMOTE, 0,
                "the blob container URL the service gave is not an https SAS URL");
         return CTARGET_E_REMOTE;
     }
+    char *host = az_asprintf("%.*s", (int)(ps - hs - 3), hs + 3);
+    int path_style = !strstr(host, ".blob.");
+    free(host);
+    char *path = az_asprintf("%.*s", (int)(q - ps), ps);   /* "/a/b/c" */
+    size_t pl = strlen(path);
+    while (pl > 1 && path[pl - 1] == '/')
+        path[--pl] = '\0';
+    /* end of the container segment */
+    const char *p = path;
+    for (int seg = 0; seg <= path_style && p; seg++)
+        p = strchr(p + 1, '/');
+    size_t cont_end = p ? (size_t)(p - path) : pl;
+    const char *cstart = path;
+    for (int seg = 0; seg < path_style; seg++)
+        cstart = strchr(cstart + 1, '/');
+    if (!cstart || cont_end <= (size_t)(cstart - path) + 1) {
+        free(path);
+        AZ_ERR(az, err, CTARGET_E_REMOTE, 0,
+               "the blob SAS URL the service gave names no container");
+        return CTARGET_E_REMOTE;
+    }
     az_blob *b = blob_new(az);
-    b->base = az_asprintf("%.*s", (int)(q - url), url);
-    size_t n = strlen(b->base);
-    while (n > 8 && b->base[n - 1] == '/')
-        b->base[--n] = '\0';
+    b->base = az_asprintf("%.*s%.*s", (int)(ps - url), url, (int)cont_end, path);
+    b->path0 = az_asprintf("%.*s", (int)cont_end, path);
+    b->container = az_asprintf("%.*s", (int)(cont_end - (size_t)(cstart - path) - 1),
+                               cstart + 1);
+    b->folder = cont_end < pl ? az_url_unescape(path + cont_end + 1) : az_strdup("");
     b->sas = az_strdup(q + 1);
-    b->path0 = az_strdup(url_path(b->base));
-    const char *slash = strrchr(b->path0, '/');
-    b->container = az_strdup(slash ? slash + 1 : b->path0);
+    free(path);
     *out = b;
     return CTARGET_OK;
+}
+
+const char *az_blob_folder0(const az_blob *b)
+{
+    return b->folder ? b->folder : "";
+}
+
+const char *az_blob_container0(const az_blob *b)
+{
+    return b->container;
 }
 
 ctarget_status az_blob_open_key(az_ctx *az, const char *endpoint, const char *account,

@@ -6,6 +6,12 @@
 
 #include "azure_int.h"
 
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 char *az_url_escape(const char *s, int keep_slash)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -89,4 +95,22 @@ int az_rid_parse(const char *id, az_rid *out)
     out->name = seg[n - 1];
     out->parent_name = n >= 10 ? seg[n - 3] : NULL;
     return 0;
+}
+
+char *az_url_unescape(const char *s)
+{
+    char *o = malloc(strlen(s) + 1), *p = o;
+    if (!o)
+        return NULL;
+    for (; *s; s++) {
+        int hi, lo;
+        if (*s == '%' && (hi = hexval(s[1])) >= 0 && (lo = hexval(s[2])) >= 0) {
+            *p++ = (char)(hi * 16 + lo);
+            s += 2;
+        } else {
+            *p++ = *s;
+        }
+    }
+    *p = '\0';
+    return o;
 }
