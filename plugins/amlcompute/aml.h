@@ -40,8 +40,14 @@ ctarget_status aml_az(ctarget_call *c, ctarget_target *t, az_ctx **az, ctarget_e
 ctarget_status aml_ws_location(az_ctx *az, char **loc, ctarget_error *err);
 /* A container of the workspace's datastore `datastore` ("workspaceblobstore",
  * "workspaceartifactstore") opened with the account key from listSecrets (never shown). */
-ctarget_status aml_datastore_open(az_ctx *az, const char *datastore, az_blob **b,
-                                  ctarget_error *err);
+ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *datastore,
+                                  az_blob **b, ctarget_error *err);
+
+/* The storage endpoint setting both plugins declare (after AZ_CONFIG_KEYS). */
+#define AML_STORAGE_KEY                                                                     \
+    {sizeof(ctarget_config_key), "storage_endpoint", CTARGET_KEY_STRING, 0, NULL,           \
+     "blob endpoint of the workspace's storage account (default: "                         \
+     "https://ACCOUNT.blob.core.windows.net, from the datastore)", NULL, 0, 0, 0u, 0u}
 /* Container URL + SAS from a startPendingUpload sasUri that points into a folder:
  * *container_sas gets ".../CONTAINER?SAS" and *folder the folder's blob-name prefix
  * ("LocalUpload/abc/"). */

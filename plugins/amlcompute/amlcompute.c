@@ -13,6 +13,7 @@
 #define K(...) {.struct_size = sizeof(ctarget_config_key), __VA_ARGS__}
 static const ctarget_config_key keys[] = {
     AZ_CONFIG_KEYS,
+    AML_STORAGE_KEY,
     K(.name = "vm_size", .type = CTARGET_KEY_STRING,
       .flags = CTARGET_KEY_REQUIRED_CREATE | CTARGET_KEY_CREATE_ONLY | CTARGET_KEY_IMMUTABLE,
       .help = "VM size of the nodes (STANDARD_D2_V2, STANDARD_NC6, ...)"),

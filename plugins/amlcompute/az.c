@@ -40,8 +40,8 @@ static int path_style(const char *host)
     return isdigit((unsigned char)host[0]) || host[0] == '[' || !strncmp(host, "localhost", 9);
 }
 
-ctarget_status aml_datastore_open(az_ctx *az, const char *datastore, az_blob **b,
-                                  ctarget_error *err)
+ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *datastore,
+                                  az_blob **b, ctarget_error *err)
 {
     char *id = az_ws_resource_id(az, "datastores", datastore);
     char what[300];
@@ -96,7 +96,13 @@ ctarget_status aml_datastore_open(az_ctx *az, const char *datastore, az_blob **b
     }
     char url[1024];
     const char *ep = endpoint && *endpoint ? endpoint : "core.windows.net";
-    if (path_style(ep))
+    const char *over = aml_h->config_get0(t, "storage_endpoint");
+    size_t ol = over ? strlen(over) : 0;
+    while (ol && over[ol - 1] == '/')
+        ol--;
+    if (ol)
+        snprintf(url, sizeof url, "%.*s", (int)ol, over);
+    else if (path_style(ep))
         snprintf(url, sizeof url, "%s://%s/%s", proto && *proto ? proto : "https", ep, account);
     else
         snprintf(url, sizeof url, "%s://%s.blob.%s", proto && *proto ? proto : "https", account,

@@ -820,9 +820,9 @@ static ctarget_status aml_poll(void *p, ctarget_call *c, ctarget_target *t,
 /* ---- logs, metrics, outputs --------------------------------------------------------------- */
 
 /* the artifact store of the workspace (container azureml), opened per call */
-static ctarget_status artifacts(az_ctx *az, az_blob **b, ctarget_error *err)
+static ctarget_status artifacts(az_ctx *az, ctarget_target *t, az_blob **b, ctarget_error *err)
 {
-    return aml_datastore_open(az, "workspaceartifactstore", b, err);
+    return aml_datastore_open(az, t, "workspaceartifactstore", b, err);
 }
 
 typedef struct counted {
@@ -855,7 +855,7 @@ static ctarget_status aml_read_logs(void *p, ctarget_call *c, ctarget_target *t,
     if (rc)
         return rc;
     az_blob *b = NULL;
-    if ((rc = artifacts(az, &b, err))) {
+    if ((rc = artifacts(az, t, &b, err))) {
         az_ctx_free(az);
         return rc;
     }
@@ -1021,7 +1021,7 @@ static ctarget_status aml_fetch_outputs(void *p, ctarget_call *c, ctarget_target
     if (rc)
         return rc;
     az_blob *b = NULL;
-    if ((rc = artifacts(az, &b, err))) {
+    if ((rc = artifacts(az, t, &b, err))) {
         az_ctx_free(az);
         return rc;
     }
