@@ -159,10 +159,9 @@ class Emulator:
         self.jobs = {}            # lower name -> emu_jobs.Job
         self.port = None
         self.blob = None
-        self.blob_endpoint = args.blob_endpoint
+        self.blob_endpoint = None
         if args.blob_endpoint:
-            self.blob = emu_blob.Blob(args.blob_endpoint, seed["storage_account"],
-                                      seed["storage_key"], os.path.join(self.dir, "ca.pem"))
+            self.set_blob(args.blob_endpoint)
         root = os.path.join(HERE, "specs", SPEC_DIR_REL)
         specs = [os.path.join(root, "machineLearningServices.json"), os.path.join(root, "mfe.json")]
         self.spec = swagger_validate.Spec([s for s in specs if os.path.exists(s)])
@@ -170,6 +169,11 @@ class Emulator:
         self.blob_container = "azureml-blobstore-" + self.ws_guid
         self.artifact_container = "azureml"
         self.runner = emu_jobs.Runner(self)
+
+    def set_blob(self, endpoint):
+        self.blob_endpoint = endpoint.rstrip("/")
+        self.blob = emu_blob.Blob(self.blob_endpoint, self.seed["storage_account"], self.seed["storage_key"],
+                                  os.path.join(self.dir, "ca.pem"))
 
     # ids
     @property
@@ -519,12 +523,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(200, {})
         if p == "/config" and m == "POST":
             with emu.lock:
+                if "blob_endpoint" in j:  # Azurite started after us (it needs our certificate)
+                    emu.set_blob(j.pop("blob_endpoint"))
                 for k, v in j.items():
                     if k not in emu.cfg:
                         raise HttpError(400, "BadConfig", "unknown config key '%s' (known: %s)"
                                         % (k, ", ".join(sorted(emu.cfg))))
                     emu.cfg[k] = v
             return self.send(200, emu.cfg)
+        if p == "/seed" and m == "GET":
+            return self.send(200, {k: v for k, v in emu.seed.items()
+                                   if k not in ("service_principals", "storage_key", "cert_password")})
         if p == "/config" and m == "GET":
             return self.send(200, emu.cfg)
         if p == "/tokens/expire" and m == "POST":

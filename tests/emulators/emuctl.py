@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Talk to a running emulator (admin API or any call) over HTTPS with its CA.
 
-    emuctl.py --dir DIR [--token] METHOD PATH [BODY]
+    emuctl.py --dir DIR [--token] [--out FILE] METHOD PATH [BODY]
 
 Prints the answer's body on stdout and "HTTP <status>" on stderr; exit 0 for a status below
 400, 1 above, 2 on a transport error.  --token: get an ARM token for the seed's service
@@ -54,6 +54,9 @@ def main():
     if a[0] == "--token":
         hdr["Authorization"] = "Bearer " + token(d)
         a = a[1:]
+    out_file = None
+    if a[0] == "--out":
+        out_file, a = a[1], a[2:]
     method, path = a[0], a[1]
     body = a[2].encode() if len(a) > 2 else None
     try:
@@ -61,7 +64,11 @@ def main():
     except (OSError, http.client.HTTPException) as e:
         sys.stderr.write("emuctl: %s %s: %s\n" % (method, path, e))
         sys.exit(2)
-    sys.stdout.buffer.write(out)
+    if out_file:
+        with open(out_file, "wb") as f:
+            f.write(out)
+    else:
+        sys.stdout.buffer.write(out)
     sys.stderr.write("HTTP %d\n" % st)
     sys.exit(0 if st < 400 else 1)
 
