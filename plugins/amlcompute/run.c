@@ -718,26 +718,36 @@ static void set_state(ctarget_run_poll *o, ctarget_run_state s, const char *nati
     snprintf(o->native_state, sizeof o->native_state, "%s", native ? native : "");
 }
 
-/* the error of a failed job in words, and its exit code when it names one */
+/* The error of a failed job in words, and the exit code when it names one.  The job
+ * resource has no error field: Azure ML puts the reason into the job's properties as
+ * azureml.runErrorCode / azureml.runErrorMessage. */
 static void job_error(json_t *props, ctarget_run_poll *o, int *preempted)
 {
+    json_t *pp = json_object_get(props, "properties");
+    const char *code = json_string_value(json_object_get(pp, "azureml.runErrorCode"));
+    const char *msg = json_string_value(json_object_get(pp, "azureml.runErrorMessage"));
     json_t *e = json_object_get(props, "error");
-    if (!e)
-        e = json_object_get(json_object_get(props, "properties"), "error");
-    const char *code = json_string_value(json_object_get(e, "code"));
-    const char *msg = json_string_value(json_object_get(e, "message"));
-    if (!msg && json_is_string(e))
-        msg = json_string_value(e);
-    *preempted = (code && strcasestr(code, "preempt")) || (msg && strcasestr(msg, "preempt"));
-    if (msg) {
-        snprintf(o->reason, sizeof o->reason, "%s%s%s", code ? code : "", code ? ": " : "", msg);
-        const char *x = strstr(msg, "exit");
-        const char *d = x ? strpbrk(x, "0123456789") : NULL;
-        if (d && strstr(x, "code") && strstr(x, "code") < d) {
-            o->has_exit_code = 1;
-            o->exit_code = atoi(d);
-        }
+    if (!msg && e) {
+        code = json_string_value(json_object_get(e, "code"));
+        msg = json_string_value(json_object_get(e, "message"));
     }
+    *preempted = (code && strcasestr(code, "preempt")) != 0;
+    if (!msg)
+        return;
+    snprintf(o->reason, sizeof o->reason, "%s%s%s", code ? code : "", code ? ": " : "", msg);
+    /* "... exited with code N." (the last one: the command quoted before it is the user's) */
+    const char *x = NULL;
+    for (const char *p = msg; (p = strstr(p, "exited with code ")) != NULL; p++)
+        x = p;
+    if (x) {
+        o->has_exit_code = 1;
+        o->exit_code = atoi(x + strlen("exited with code "));
+    }
+    const char *k = NULL;
+    for (const char *p = msg; (p = strstr(p, "killed by signal ")) != NULL; p++)
+        k = p;
+    if (k && !x)
+        o->term_signal = atoi(k + strlen("killed by signal "));
 }
 
 static ctarget_status aml_poll(void *p, ctarget_call *c, ctarget_target *t,
