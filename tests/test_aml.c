@@ -727,6 +727,48 @@ static void t14_monitor_killed(void)
     free(src);
 }
 
+/* ---- 14b. a preempted low-priority job: restarted as the run's next attempt -------------- */
+
+static void t14b_preempted_restarted(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("amlpre");
+    tl_result r = compute_add(ws, "create", "cpu-spot", "amlcompute", NULL,
+                              A("--set", "vm_size=STANDARD_D2_V2", "--set", "max_nodes=1",
+                                "--set", "vm_priority=lowpriority", "--wait"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    char *src = source_dir("amlsrc14b", "numbered.py", NUMBERED);
+    r = submit(ws, "cpu-spot", src, "numbered.py", NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    char *id = id_of(&r);
+    tl_result_free(&r);
+    CU_ASSERT_FATAL(id != NULL);
+    char *jn = lower(id);
+    CU_ASSERT(wait_for(ws, id, "Running", 30000));
+    char *f = fmt("{\"action\":\"preempt\",\"job\":\"%s\"}", jn);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, f), 0);
+    free(f);
+    CU_ASSERT_EQUAL(wait_run(ws, id, 120), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "attempt")), 2);
+    CU_ASSERT_EQUAL(handle_int(j, "restarts"), 1);
+    json_decref(j);
+    /* the second attempt ran the whole script: its log follows the first attempt's */
+    char *log = run_logs(ws, id);
+    const char *last = log ? strstr(log, "line 39 of the numbered run") : NULL;
+    CU_ASSERT(last != NULL);
+    CU_ASSERT(log && strstr(log, "line 00 of the numbered run") != NULL);
+    free(log);
+    const char *status = NULL;
+    CU_ASSERT_EQUAL(jobs_named(jn, &status), 2); /* <id> (preempted) and <id>-a2 */
+    free(jn);
+    free(id);
+    free(src);
+    free(ws);
+}
+
 /* ---- 15. cancel ------------------------------------------------------------------------------ */
 
 static void t15_cancel(void)
@@ -950,6 +992,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t12_lro_fails);
     TL_ADD(s, t13_drop_mid_upload);
     TL_ADD(s, t14_monitor_killed);
+    TL_ADD(s, t14b_preempted_restarted);
     TL_ADD(s, t15_cancel);
     TL_ADD(s, t16_failed_exit_code);
     TL_ADD(s, t17_computeinstance);

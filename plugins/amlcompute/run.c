@@ -15,9 +15,10 @@
  *   outputs/.ctarget_metrics.jsonl of the same folder.
  * cancel: POST .../jobs/<job>/cancel.  fetch_outputs: the job's outputs/ and logs/ folders.
  * reattach: everything is found again from run->handle (job name, code and environment ids).
- * A low-priority node's preemption fails the job with JobPreempted; the run is then submitted
- * again as a new attempt (job <run id>-a<N>, a fresh process from the same code version), and
- * the earlier attempts' log bytes stay in front of the new one's. */
+ * A low-priority node's preemption fails the job with JobPreempted: poll() says so
+ * (restartable), and the core's retry policy submits the run again as its next attempt (job
+ * <run id>-a<N>, a fresh process from the same code version); the earlier attempts' log
+ * bytes stay in front of the new one's. */
 #include "config.h"
 
 #include "aml.h"
@@ -644,8 +645,7 @@ static char *job_id(az_ctx *az, const char *name)
 
 static int attempt_of(const ctarget_run_info *run)
 {
-    long long a = hint(run, "attempt", run->attempt > 0 ? run->attempt : 1);
-    return a > 0 ? (int)a : 1;
+    return run->attempt > 0 ? run->attempt : 1;
 }
 
 static ctarget_status put_job(az_ctx *az, const ctarget_run_info *run, int attempt,
@@ -692,6 +692,13 @@ static ctarget_status put_job(az_ctx *az, const ctarget_run_info *run, int attem
     json_decref(body);
     free(id);
     if (!rc) {
+        long long prev = hint(run, "attempt", 0);
+        if (prev && attempt > prev) {
+            /* a new attempt writes a new log: it follows the earlier attempts' bytes */
+            hseti(run, "log_base", hint(run, "log_base", 0) + hint(run, "log_len", 0));
+            hseti(run, "log_len", 0);
+            hseti(run, "restarts", hint(run, "restarts", 0) + 1);
+        }
         hset(run, "job_name", name);
         hseti(run, "attempt", attempt);
     }
@@ -804,23 +811,10 @@ static ctarget_status aml_poll(void *p, ctarget_call *c, ctarget_target *t,
     if (st == CTARGET_RUN_FAILED || st == CTARGET_RUN_CANCELED) {
         int preempted = 0;
         job_error(props, o, &preempted);
-        if (st == CTARGET_RUN_FAILED && preempted) {
-            /* a low-priority node was taken back: the run starts again as a new attempt,
-             * whose log follows the earlier attempts' bytes */
-            int next = attempt_of(run) + 1;
-            long long base = hint(run, "log_base", 0);
-            long long cur = hint(run, "log_len", 0);
-            hseti(run, "log_base", base + cur);
-            hseti(run, "log_len", 0);
-            H->log(c, CTARGET_LOG_WARN, "job '%s' was preempted (%s): submitting attempt %d",
-                   name, o->reason, next);
-            if ((rc = put_job(az, run, next, err)) == CTARGET_OK) {
-                hseti(run, "preemptions", hint(run, "preemptions", 0) + 1);
-                memset(o, 0, sizeof *o);
-                o->struct_size = sizeof *o;
-                set_state(o, CTARGET_RUN_QUEUED, "Preempted");
-            }
-        }
+        /* a low-priority node taken back: the core's retry policy may start the run
+         * again as its next attempt (submit() with run->attempt + 1) */
+        if (st == CTARGET_RUN_FAILED && preempted)
+            o->restartable = 1;
     }
     json_decref(job);
     az_ctx_free(az);
