@@ -5,7 +5,7 @@ a reference to a file that is not here, such as the common-types, validates anyt
 counted in Spec.unresolved), allOf, required, type, enum, format (date-time, int32/int64,
 uuid, duration), discriminator (a base with "discriminator" validated as the subtype whose
 x-ms-discriminator-value, or definition name, matches), additionalProperties where declared,
-x-nullable, min/max, minLength/maxLength, pattern, minItems/maxItems.  In request mode,
+x-nullable (null allowed unless x-nullable: false, as AutoRest reads it), min/max, minLength/maxLength, pattern, minItems/maxItems.  In request mode,
 readOnly properties are ignored (ARM ignores them) and not required.
 
     spec = Spec([path_of_swagger, ...])
@@ -178,7 +178,9 @@ class Spec:
         if doc is None or not isinstance(schema, dict) or not schema:
             return
         if value is None:
-            if not schema.get("x-nullable", False):
+            # AutoRest's rule, which Microsoft's own examples follow: a value may be null
+            # unless the schema says x-nullable: false
+            if schema.get("x-nullable") is False:
                 errs.append("%s: null is not allowed" % where)
             return
         # discriminated base: validate as the named subtype (which includes the base by allOf)
