@@ -46,12 +46,6 @@ static void stop_all(void)
     n_fixtures = 0;
 }
 
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 const char *azfix_node_modules(void)
 {
     static char found[4096];
@@ -309,7 +303,7 @@ int azfix_start(azfix *fx, const azfix_opts *opts)
         mkdir(loc, 0700);
         const char *aargv[] = {bin, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", loc,
                                "--cert", cert, "--key", key, "--skipApiVersionCheck", "--loose",
-                               "--disableTelemetry", "--silent", NULL};
+                               "--silent", NULL};
         fx->azurite_pid = spawn(aargv, alog, NULL);
         fx->blob_port = wait_azurite(alog, fx->azurite_pid, 60000);
         free(bin);
