@@ -5,8 +5,11 @@ set -eu
 pkgs="build-essential autoconf automake libtool pkg-config
       libsqlite3-dev libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev
       libcunit1-dev python3 openssl binutils git
-      libssh2-1-dev openssh-server openssh-client
-      nodejs npm openssl"
+      libssh2-1-dev openssh-server openssh-client"
+# Azure emulators' tests (Azurite and the official SDK run on node, installed with npm ci);
+# a node that came some other way, with its own npm, is used as it is
+command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
+command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
