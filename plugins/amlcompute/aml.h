@@ -43,6 +43,9 @@ ctarget_status aml_ws_location(az_ctx *az, char **loc, ctarget_error *err);
 ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *datastore,
                                   az_blob **b, ctarget_error *err);
 
+/* Forget the cached datastore (its key was refused: rotated) */
+void aml_datastore_forget(void);
+
 /* The storage endpoint setting both plugins declare (after AZ_CONFIG_KEYS). */
 #define AML_STORAGE_KEY                                                                     \
     {sizeof(ctarget_config_key), "storage_endpoint", CTARGET_KEY_STRING, 0, NULL,           \

@@ -5,6 +5,7 @@
 #include "aml.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,8 +41,27 @@ static int path_style(const char *host)
     return isdigit((unsigned char)host[0]) || host[0] == '[' || !strncmp(host, "localhost", 9);
 }
 
-ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *datastore,
-                                  az_blob **b, ctarget_error *err)
+/* What a datastore resolved to, kept for the process: a run monitor reads logs every poll,
+ * and the datastore and its key do not change under it.  The key lives only in this memory
+ * (wiped when replaced), like the token cache. */
+typedef struct ds_cache {
+    char *who;      /* arm endpoint + workspace id + datastore */
+    char *url, *account, *container, *key;
+} ds_cache;
+static ds_cache dsc;
+static pthread_mutex_t dsc_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void wipe_free(char *s)
+{
+    if (s) {
+        memset(s, 0, strlen(s));
+        free(s);
+    }
+}
+
+static ctarget_status ds_resolve(az_ctx *az, ctarget_target *t, const char *datastore,
+                                 char **url, char **account, char **container, char **key,
+                                 ctarget_error *err)
 {
     char *id = az_ws_resource_id(az, "datastores", datastore);
     char what[300];
@@ -55,11 +75,11 @@ ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *dat
         return rc;
     }
     json_t *p = json_object_get(ds, "properties");
-    const char *account = json_string_value(json_object_get(p, "accountName"));
-    const char *container = json_string_value(json_object_get(p, "containerName"));
+    const char *acc = json_string_value(json_object_get(p, "accountName"));
+    const char *cont = json_string_value(json_object_get(p, "containerName"));
     const char *endpoint = json_string_value(json_object_get(p, "endpoint"));
     const char *proto = json_string_value(json_object_get(p, "protocol"));
-    if (!account || !container) {
+    if (!acc || !cont) {
         aml_h->error_set(err, CTARGET_E_REMOTE, 0, 0,
                          "datastore '%s' of workspace '%s' is not an Azure Blob datastore "
                          "(no accountName/containerName)", datastore, az_workspace0(az));
@@ -67,9 +87,8 @@ ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *dat
         free(id);
         return CTARGET_E_REMOTE;
     }
-    char *secrets_path = NULL;
     size_t n = strlen(id) + 16;
-    secrets_path = malloc(n);
+    char *secrets_path = malloc(n);
     snprintf(secrets_path, n, "%s/listSecrets", id);
     az_arm_req sq = {.method = "POST", .path = secrets_path, .api_version = AZ_AML_API_VERSION,
                      .what = what};
@@ -77,51 +96,91 @@ ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *dat
     rc = az_arm_call(az, &sq, AZ_RETRY_SAFE, &sr, err);
     free(secrets_path);
     free(id);
-    if (rc) {
-        az_arm_resp_clear(&sr);
-        json_decref(ds);
-        return rc;
-    }
-    const char *key = json_string_value(json_object_get(sr.body, "key"));
-    if (!key) {
+    const char *k = rc ? NULL : json_string_value(json_object_get(sr.body, "key"));
+    if (!rc && !k) {
+        const char *type = json_string_value(json_object_get(sr.body, "secretsType"));
         aml_h->error_set(err, CTARGET_E_AUTH, 0, 0,
                          "datastore '%s' has no account key (its secrets are of type '%s'): "
-                         "ctarget reads run logs with the account key", datastore,
-                         json_string_value(json_object_get(sr.body, "secretsType"))
-                             ? json_string_value(json_object_get(sr.body, "secretsType"))
-                             : "none");
-        az_arm_resp_clear(&sr);
-        json_decref(ds);
-        return CTARGET_E_AUTH;
+                         "ctarget reads run logs and outputs with the account key", datastore,
+                         type ? type : "none");
+        rc = CTARGET_E_AUTH;
     }
-    char url[1024];
-    const char *ep = endpoint && *endpoint ? endpoint : "core.windows.net";
-    const char *over = aml_h->config_get0(t, "storage_endpoint");
-    size_t ol = over ? strlen(over) : 0;
-    while (ol && over[ol - 1] == '/')
-        ol--;
-    if (ol)
-        snprintf(url, sizeof url, "%.*s", (int)ol, over);
-    else if (path_style(ep))
-        snprintf(url, sizeof url, "%s://%s/%s", proto && *proto ? proto : "https", ep, account);
-    else
-        snprintf(url, sizeof url, "%s://%s.blob.%s", proto && *proto ? proto : "https", account,
-                 ep);
-    rc = az_blob_open_key(az, url, account, key, container, b, err);
-    /* the key's copy in the parsed body: wiped before it is freed */
-    json_t *k = json_object_get(sr.body, "key");
-    if (k) {
-        size_t kl = strlen(json_string_value(k));
-        char *zero = calloc(1, kl + 1);
-        if (zero) {
-            memset(zero, 'x', kl);
-            json_string_set(k, zero);
-            free(zero);
+    if (!rc) {
+        char buf[1024];
+        const char *ep = endpoint && *endpoint ? endpoint : "core.windows.net";
+        const char *over = aml_h->config_get0(t, "storage_endpoint");
+        size_t ol = over ? strlen(over) : 0;
+        while (ol && over[ol - 1] == '/')
+            ol--;
+        if (ol)
+            snprintf(buf, sizeof buf, "%.*s", (int)ol, over);
+        else if (path_style(ep))
+            snprintf(buf, sizeof buf, "%s://%s/%s", proto && *proto ? proto : "https", ep, acc);
+        else
+            snprintf(buf, sizeof buf, "%s://%s.blob.%s", proto && *proto ? proto : "https", acc,
+                     ep);
+        *url = strdup(buf);
+        *account = strdup(acc);
+        *container = strdup(cont);
+        *key = strdup(k);
+        /* the key's copy in the parsed body: overwritten before it is freed */
+        json_t *kj = json_object_get(sr.body, "key");
+        size_t kl = strlen(k);
+        char *x = malloc(kl + 1);
+        if (x) {
+            memset(x, 'x', kl);
+            x[kl] = '\0';
+            json_string_set(kj, x);
+            free(x);
         }
     }
     az_arm_resp_clear(&sr);
     json_decref(ds);
     return rc;
+}
+
+ctarget_status aml_datastore_open(az_ctx *az, ctarget_target *t, const char *datastore,
+                                  az_blob **b, ctarget_error *err)
+{
+    char *ws = az_ws_id(az);
+    const char *over = aml_h->config_get0(t, "storage_endpoint");
+    size_t n = strlen(az_arm_endpoint0(az)) + strlen(ws) + strlen(datastore) +
+               (over ? strlen(over) : 0) + 4;
+    char *who = malloc(n);
+    snprintf(who, n, "%s %s %s %s", az_arm_endpoint0(az), ws, datastore, over ? over : "");
+    free(ws);
+    ctarget_status rc = CTARGET_OK;
+    pthread_mutex_lock(&dsc_lock);
+    if (!dsc.who || strcmp(dsc.who, who)) {
+        char *url = NULL, *account = NULL, *container = NULL, *key = NULL;
+        rc = ds_resolve(az, t, datastore, &url, &account, &container, &key, err);
+        if (!rc) {
+            free(dsc.who);
+            free(dsc.url);
+            free(dsc.account);
+            free(dsc.container);
+            wipe_free(dsc.key);
+            dsc = (ds_cache){who, url, account, container, key};
+            who = NULL;
+        }
+    }
+    if (!rc)
+        rc = az_blob_open_key(az, dsc.url, dsc.account, dsc.key, dsc.container, b, err);
+    pthread_mutex_unlock(&dsc_lock);
+    free(who);
+    return rc;
+}
+
+void aml_datastore_forget(void)
+{
+    pthread_mutex_lock(&dsc_lock);
+    free(dsc.who);
+    free(dsc.url);
+    free(dsc.account);
+    free(dsc.container);
+    wipe_free(dsc.key);
+    memset(&dsc, 0, sizeof dsc);
+    pthread_mutex_unlock(&dsc_lock);
 }
 
 int aml_split_sas(const char *sas_uri, char **container_sas, char **folder)

@@ -871,6 +871,8 @@ static ctarget_status aml_read_logs(void *p, ctarget_call *c, ctarget_target *t,
     rc = az_blob_get(b, blob, offset - base, -1, counted_write, &w, &size, err);
     if (rc == CTARGET_E_NOT_FOUND)
         rc = CTARGET_OK; /* not written yet */
+    else if (rc == CTARGET_E_AUTH)
+        aml_datastore_forget(); /* a rotated key: the next call fetches it again */
     else if (!rc && stream == CTARGET_STREAM_LOG)
         hseti(run, "log_len", (long long)(offset - base + w.n));
     free(blob);
