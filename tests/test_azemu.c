@@ -201,8 +201,21 @@ static void t13_sdk_blob(void)
     free(js);
 }
 
+/* Every body the emulator received so far (the self checks, Microsoft's examples, the SDK
+ * run) serialized by the official SDK's own models; and bodies the SDK must refuse. */
+static void t14_bodies_through_sdk_models(void)
+{
+    char *js = src("tests/emulators/sdk/validate_bodies.mjs");
+    run_checks("sdk/validate_bodies.mjs", (const char *const[]){"node", js, NULL}, 20);
+    char *bad = src("tests/emulators/sdk/bad_bodies.json");
+    run_checks("sdk/validate_bodies.mjs --expect-invalid",
+               (const char *const[]){"node", js, "--file", bad, "--expect-invalid", NULL}, 4);
+    free(bad);
+    free(js);
+}
+
 /* The secret and the tokens never reach the emulator's log or the request log. */
-static void t14_no_secrets_in_logs(void)
+static void t15_no_secrets_in_logs(void)
 {
     CU_ASSERT_FATAL(fixture());
     char *hit = tl_tree_grep(FX.dir, FX.client_secret, strlen(FX.client_secret));
@@ -218,7 +231,7 @@ static void t14_no_secrets_in_logs(void)
     free(elog);
 }
 
-static void t15_stop_by_pid(void)
+static void t16_stop_by_pid(void)
 {
     CU_ASSERT_FATAL(fixture());
     pid_t e = FX.emu_pid, a = FX.azurite_pid;
@@ -243,8 +256,9 @@ static void add_tests(CU_pSuite s)
     TL_ADD(s, t11_spec_examples);
     TL_ADD(s, t12_sdk_arm);
     TL_ADD(s, t13_sdk_blob);
-    TL_ADD(s, t14_no_secrets_in_logs);
-    TL_ADD(s, t15_stop_by_pid);
+    TL_ADD(s, t14_bodies_through_sdk_models);
+    TL_ADD(s, t15_no_secrets_in_logs);
+    TL_ADD(s, t16_stop_by_pid);
 }
 
 int main(int argc, char **argv)

@@ -19,6 +19,7 @@ import socketserver
 import ssl
 import subprocess
 import sys
+sys.dont_write_bytecode = True  # the source tree may be read-only (distcheck) and stays clean
 import tempfile
 import threading
 import time
@@ -147,6 +148,7 @@ class Emulator:
         self.thumbs = make_certs(self.dir, seed["cert_password"])
         self.tokens = {}          # token -> {aud, exp, principal}
         self.requests = []
+        self.bodies = []          # ARM request bodies (JSON), for sdk/validate_bodies.mjs
         self.seq = 0
         self.faults = []
         self.fault_id = 0
@@ -508,6 +510,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with emu.lock:
                 emu.faults = []
             return self.send(200, {})
+        if p == "/bodies" and m == "GET":
+            since = int(self.q.get("since", 0))
+            with emu.lock:
+                out = [b for b in emu.bodies if b["seq"] > since]
+            return self.send(200, out)
         if p == "/requests":
             since = int(self.q.get("since", 0))
             with emu.lock:
@@ -515,7 +522,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(200, out)
         if p == "/reset" and m == "POST":
             with emu.lock:
-                emu.faults, emu.requests = [], []
+                emu.faults, emu.requests, emu.bodies = [], [], []
                 if j.get("state"):
                     emu.runner.cancel_all()
                     emu.computes, emu.ops, emu.jobs = {}, {}, {}

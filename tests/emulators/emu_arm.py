@@ -61,6 +61,9 @@ def handle(h, path, body):
         except ValueError as e:
             raise HttpError(400, "InvalidRequestContent", "The request content was invalid and could not be "
                             "deserialized: '%s'." % e)
+    if doc is not None:  # kept for sdk/validate_bodies.mjs (GET /_emulator/bodies)
+        with emu.lock:
+            emu.bodies.append({"seq": h.rec["seq"], "method": h.command, "path": path, "body": doc})
     op = emu.spec.find_operation(h.command, path)
     if op is not None and h.command in ("PUT", "PATCH", "POST"):
         errs = emu.spec.validate_request(op, doc)

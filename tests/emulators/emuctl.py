@@ -11,6 +11,7 @@ import json
 import os
 import ssl
 import sys
+sys.dont_write_bytecode = True  # the source tree may be read-only (distcheck) and stays clean
 import urllib.parse
 
 

@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import sys
+sys.dont_write_bytecode = True  # the source tree may be read-only (distcheck) and stays clean
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))

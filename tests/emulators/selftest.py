@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+sys.dont_write_bytecode = True  # the source tree may be read-only (distcheck) and stays clean
 import tempfile
 import time
 import urllib.parse
