@@ -479,6 +479,42 @@ static void t05_wrong_secret(void)
                    BAD_SECRET_FILE, 7, FX.client_id);
 }
 
+/* Tokens that expire behind the cache's back are fetched again; a stale bearer token given as
+ * access_token (never refreshed) is refused with one line, and its text is never shown. */
+static void t05b_expired_tokens(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && cluster_ok);
+    json_t *x = azfix_admin(&FX, "POST", "/_emulator/tokens/expire", NULL, NULL);
+    CU_ASSERT(x != NULL);
+    json_decref(x);
+    tl_result r = ct(ws, A("compute", "status", CLUSTER, "-o", "json"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+
+    char *dir = tl_tmpdir("amltok");
+    char *tok = tl_path(dir, "token");
+    CU_ASSERT_EQUAL(tl_write_file(tok, "stale-token-0123456789abcdef"), 0);
+    char *set = fmt("access_token=file:%s", tok);
+    char *ws2 = tl_tmpdir("amltokws");
+    const char *argv[] = {"compute", "attach", CLUSTER, "--type", "amlcompute", "--set", set,
+                          "--set", NULL, "--set", NULL, NULL};
+    char *a1 = fmt("arm_endpoint=%s", FX.arm), *a2 = fmt("workspace_config=%s", FX.config_json);
+    argv[8] = a1;
+    argv[10] = a2;
+    r = ct(ws2, argv);
+    TL_ASSERT_EXIT(r, 7);
+    CU_ASSERT(!tl_contains(r.err, "stale-token-0123456789abcdef"));
+    CU_ASSERT(!tl_contains(r.out, "stale-token-0123456789abcdef"));
+    tl_result_free(&r);
+    free(a1);
+    free(a2);
+    free(set);
+    free(tok);
+    free(dir);
+    free(ws2);
+}
+
 static void t06_unknown_subscription(void)
 {
     expect_refused("cpu-nosub",
@@ -982,6 +1018,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t03_run_train);
     TL_ADD(s, t04_resubmit_one_blob);
     TL_ADD(s, t05_wrong_secret);
+    TL_ADD(s, t05b_expired_tokens);
     TL_ADD(s, t06_unknown_subscription);
     TL_ADD(s, t06b_unknown_workspace);
     TL_ADD(s, t07_bad_names);
