@@ -607,6 +607,11 @@ static void t10_attach_rules(void)
     TL_ASSERT_EXIT(r, 5);
     CU_ASSERT(tl_contains(r.err, "cpu-alias"));
     tl_result_free(&r);
+    /* the shared workspace created cpu-main: attaching it again by resource id is refused */
+    r = compute_add(ws, "attach", "cpu-main2", "amlcompute", NULL, A("--set", rid));
+    TL_ASSERT_EXIT(r, 5);
+    CU_ASSERT(tl_contains(r.err, CLUSTER));
+    tl_result_free(&r);
     /* a compute that is not there */
     r = compute_add(ws2, "attach", "cpu-ghost", "amlcompute", NULL, NULL);
     TL_ASSERT_EXIT(r, 4);

@@ -10,10 +10,12 @@
 
 #include "aml.h"
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 const char *aml_compute_type(aml_kind k)
 {
@@ -126,10 +128,75 @@ ctarget_status aml_validate_common(aml_kind k, ctarget_target *t, ctarget_verb v
     return CTARGET_OK;
 }
 
+/* <workspace>/plugins/<type>/<target>/compute-id: the compute each target of this type in the
+ * workspace stands for, so attach can refuse a compute already attached (or created) under
+ * another name, whether that target was given a resource_id or only its name. */
+static void id_file_write(ctarget_target *t, const char *id)
+{
+    const char *d = aml_h->target_state_dir0(t);
+    if (!d)
+        return;
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/compute-id", d);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return;
+    int bad = fprintf(f, "%s\n", id) < 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0)
+        unlink(tmp);
+}
+
+/* the name of another target of this type in the workspace that stands for compute id */
+static int id_taken(ctarget_target *t, const char *id, char *other, size_t len)
+{
+    const char *d = aml_h->target_state_dir0(t);
+    const char *me = aml_h->target_name(t);
+    if (!d)
+        return 0;
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", d);
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        return 0;
+    *slash = '\0';
+    DIR *dir = opendir(parent);
+    if (!dir)
+        return 0;
+    int hit = 0;
+    struct dirent *e;
+    while (!hit && (e = readdir(dir)) != NULL) {
+        if (e->d_name[0] == '.' || !strcasecmp(e->d_name, me))
+            continue;
+        char line[2048];
+        size_t pl = strlen(parent) + strlen(e->d_name) + 16;
+        char *path = malloc(pl);
+        if (!path)
+            break;
+        snprintf(path, pl, "%s/%s/compute-id", parent, e->d_name);
+        FILE *f = fopen(path, "re");
+        free(path);
+        if (!f)
+            continue;
+        if (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\n")] = '\0';
+            if (!strcasecmp(line, id)) {
+                hit = 1;
+                snprintf(other, len, "%s", e->d_name);
+            }
+        }
+        fclose(f);
+    }
+    closedir(dir);
+    return hit;
+}
+
 static void record(az_ctx *az, ctarget_target *t, ctarget_obj *facts, json_t *res, int created)
 {
     char *id = aml_compute_id(az, t);
     aml_h->obj_set_str(facts, "compute_id", id);
+    id_file_write(t, id);
     free(id);
     aml_h->obj_set_str(facts, "compute_name", aml_compute_name(t));
     aml_h->obj_set_bool(facts, "created_by_ctarget", created);
@@ -214,6 +281,17 @@ ctarget_status aml_attach(aml_kind k, ctarget_call *c, ctarget_target *t, ctarge
         return rc;
     json_t *res = NULL;
     const char *name = aml_compute_name(t);
+    char other[256];
+    char *cid = aml_compute_id(az, t);
+    int taken = id_taken(t, cid, other, sizeof other);
+    free(cid);
+    if (taken) {
+        aml_h->error_set(err, CTARGET_E_EXISTS, 0, 0,
+                         "compute '%s' of workspace '%s' is already a target here, named '%s': "
+                         "use that one, or detach it first", name, az_workspace0(az), other);
+        az_ctx_free(az);
+        return CTARGET_E_EXISTS;
+    }
     aml_h->progress(c, "looking up the compute", 0, 0);
     if ((rc = aml_compute_get(az, t, &res, err)))
         goto out;
