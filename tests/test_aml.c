@@ -52,10 +52,14 @@ static const char *jstr(json_t *o, const char *k)
     return s ? s : "";
 }
 
-/* ctarget ARGS with the fixture's environment */
+/* ctarget ARGS with the fixture's CA only (FX.env also holds the secret, for the SDK scripts:
+ * the product's processes must not have it in their environment) */
+static char *CA_ENV;
 static tl_result ct(const char *ws, const char *const args[])
 {
-    return tl_ctarget_run(ws, NULL, (const char *const *)FX.env, args);
+    const char *env[] = {CA_ENV, "AZURE_CLIENT_SECRET=", "AZURE_CLIENT_ID=", "AZURE_TENANT_ID=",
+                         NULL};
+    return tl_ctarget_run(ws, NULL, env, args);
 }
 
 /* compute VERB NAME --type TYPE + the fixture's settings + extra (NULL-terminated) */
@@ -970,18 +974,76 @@ static void t18_secrets_nowhere(void)
     free(src);
 }
 
-/* ---- 19. every body we sent validated against the swagger ----------------------------------- */
+/* ---- 19. every body we send, valid to the swagger and to Microsoft's own SDK -------------- */
 
 static void t19_bodies_valid(void)
 {
-    CU_ASSERT_FATAL(FX_ok);
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && cluster_ok);
+    azfix_reset(&FX);
+    /* a cluster with every optional setting, its update, a run with an environment file,
+     * variables and a timeout, a compute instance */
+    char *dir = tl_tmpdir("amlbodies");
+    char *pw = tl_path(dir, "pw");
+    CU_ASSERT_EQUAL(tl_write_file(pw, "Adm1n-pass-for-nodes!"), 0);
+    char *pwset = fmt("admin_user_password=file:%s", pw);
+    char *idset = fmt("identity_id=/subscriptions/%s/resourceGroups/%s/providers/"
+                      "Microsoft.ManagedIdentity/userAssignedIdentities/ctarget-mi",
+                      FX.subscription_id, FX.resource_group);
+    tl_result r = compute_add(ws, "create", "cpu-full", "amlcompute", NULL,
+                              A("--set", "vm_size=STANDARD_DS11_V2", "--set", "max_nodes=2",
+                                "--set", "min_nodes=0", "--set", "vm_priority=lowpriority",
+                                "--set", "idle_seconds_before_scaledown=600", "--set",
+                                "admin_username=azureuser", "--set", pwset, "--set",
+                                "admin_user_ssh_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEx "
+                                "me@host", "--set", "vnet_name=vnet1", "--set",
+                                "subnet_name=default", "--set", "identity_type=userassigned",
+                                "--set", idset, "--set",
+                                "remote_login_port_public_access=disabled", "--wait"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = ct(ws, A("compute", "update", "cpu-full", "--set", "max_nodes=3", "--set",
+                 "identity_type=systemassigned", "--set", "identity_id="));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    char *src = source_dir("amlsrc19", "env.py",
+                           "import os\nprint('X is', os.environ.get('X'))\n");
+    char *req = tl_path(src, "requirements.txt");
+    CU_ASSERT_EQUAL(tl_write_file(req, "# nothing to install\n"), 0);
+    r = submit(ws, CLUSTER, src, "env.py",
+               A("--requirements", req, "--env-var", "X=forty two", "--timeout", "300",
+                 "--experiment", "bodies", "--wait"), A("--flag", "it's quoted"));
+    TL_ASSERT_EXIT(r, 0);
+    char *id = id_of(&r);
+    tl_result_free(&r);
+    if (id) {
+        char *log = run_logs(ws, id);
+        CU_ASSERT(tl_contains(log, "X is forty two"));
+        free(log);
+    }
+    free(id);
+    if (HAVE_CI) {
+        r = compute_add(ws, "create", "ci-bodies", "computeinstance", NULL,
+                        A("--set", "vm_size=STANDARD_DS3_V2", "--set", "ssh_public_access=true",
+                          "--set", "admin_user_ssh_public_key=ssh-rsa AAAAB3NzaC1yc2E me@h",
+                          "--wait"));
+        TL_ASSERT_EXIT(r, 0);
+        tl_result_free(&r);
+    }
+    r = ct(ws, A("compute", "delete", "cpu-full"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+
+    /* the emulator validated each against machineLearningServices.json / mfe.json */
     json_t *reqs = azfix_requests(&FX);
     CU_ASSERT_FATAL(json_is_array(reqs));
     size_t i;
     json_t *q;
-    int bad = 0;
+    int bad = 0, puts = 0;
     json_array_foreach(reqs, i, q) {
         json_t *inv = json_object_get(q, "invalid");
+        if (!strcmp(jstr(q, "method"), "PUT") || !strcmp(jstr(q, "method"), "PATCH"))
+            puts++;
         if (inv && !json_is_null(inv) && !json_is_false(inv)) {
             bad++;
             printf("invalid body: %s %s: %s\n", jstr(q, "method"), jstr(q, "path"),
@@ -989,7 +1051,27 @@ static void t19_bodies_valid(void)
         }
     }
     CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT(puts >= 5); /* compute PUT, PATCH, code, environment, job (+ instance) */
     json_decref(reqs);
+    /* and Microsoft's SDK serializes every one of them */
+    char *script = fmt("%s/tests/emulators/sdk/validate_bodies.mjs", tl_srcdir());
+    const char *argv[] = {"node", script, NULL};
+    r = tl_exec(argv, NULL, (const char *const *)FX.env);
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "ok - PUT"));
+    CU_ASSERT(!tl_contains(r.out, "not ok"));
+    if (!tl_contains(r.out, "ok - PUT") || tl_contains(r.out, "not ok"))
+        tl_dump("validate_bodies.mjs", &r);
+    tl_result_free(&r);
+    /* the admin password went to Azure and nowhere else */
+    grep_dir_for(ws, "Adm1n-pass-for-nodes!");
+    free(script);
+    free(req);
+    free(src);
+    free(idset);
+    free(pwset);
+    free(pw);
+    free(dir);
 }
 
 /* ---- setup ---------------------------------------------------------------------------------- */
@@ -1006,6 +1088,8 @@ static void add(CU_pSuite s)
     free(ci);
     azfix_opts o = {.lro_ms = 300, .job_phase_ms = 50};
     FX_ok = azfix_start(&FX, &o) == 0;
+    if (FX_ok)
+        CA_ENV = fmt("CTARGET_CA_BUNDLE=%s", FX.ca_bundle);
     if (!FX_ok) {
         fprintf(stderr, "test_aml: the Azure emulator fixture did not start\n");
     } else {
