@@ -471,15 +471,13 @@ out:
 static char *scope_to_resource(const char *scope)
 {
     size_t n = strlen(scope);
-    if (n > 8 && !strcmp(scope + n - 8, "/.default"))
-        n -= 8;
-    else if (n > 7 && !strcmp(scope + n - 7, ".default"))
-        n -= 7;
-    char *r = az_asprintf("%.*s/", (int)n, scope);
-    size_t rl = strlen(r);
-    if (rl > 1 && r[rl - 2] == '/')
-        r[rl - 1] = '\0';
-    return r;
+    const char *suffix = "/.default";
+    size_t sl = strlen(suffix);
+    if (n > sl && !strcmp(scope + n - sl, suffix))
+        n -= sl;
+    while (n && scope[n - 1] == '/')
+        n--;
+    return az_asprintf("%.*s/", (int)n, scope);
 }
 
 static ctarget_status fetch(az_ctx *az, const char *scope, const char *secret,

@@ -81,14 +81,16 @@ static void fill_arm_error(const json_t *e, az_arm_error *out)
     one_line(dm, sizeof dm, str_member(d, "message"), 0);
     if (!dc[0] && !dm[0])
         return;
-    if (dm[0] && strstr(out->message, dm))
-        return;
     /* a generic outer code gives way to the detail's specific one */
     int generic = !out->code[0] || !strcmp(out->code, "BadRequest");
     char extra[AZ_PARSE_MSG_MAX];
     if (generic && dc[0]) {
         out->code[0] = '\0';
         cat(out->code, sizeof out->code, dc);
+    }
+    if (dm[0] && strstr(out->message, dm))
+        return;
+    if (generic && dc[0]) {
         extra[0] = '\0';
         cat(extra, sizeof extra, dm);
     } else {
