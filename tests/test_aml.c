@@ -704,6 +704,72 @@ static void t13_drop_mid_upload(void)
     free(src);
 }
 
+/* ---- 13b. a connection dropped in the middle of a blob upload: retried, nothing twice ------ */
+
+static void t13b_drop_mid_blob(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && cluster_ok);
+    CU_ASSERT_FATAL(FX.blob_proxy != NULL);
+    char *src = source_dir("amlsrc13b", "big.py",
+                           "import hashlib\nprint(hashlib.sha256(open('data.bin','rb').read())"
+                           ".hexdigest())\n");
+    char *data = tl_path(src, "data.bin");
+    size_t n = 300000;
+    char *buf = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)('a' + (i * 7919 + i / 13) % 26);
+    buf[n] = '\0';
+    CU_ASSERT_EQUAL(tl_write_file(data, buf), 0);
+    free(buf);
+    azfix_reset(&FX);
+    CU_ASSERT_EQUAL(azfix_config(&FX, "{\"blob_via_proxy\":true}"), 0);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"blob\",\"method\":\"PUT\",\"path\":"
+                                     "\"ctarget-blobs/\",\"action\":\"drop\","
+                                     "\"after_bytes\":1000,\"count\":1}"), 0);
+    tl_result r = submit(ws, CLUSTER, src, "big.py", A("--wait"), NULL);
+    TL_ASSERT_EXIT(r, 0);
+    char *id = id_of(&r);
+    tl_result_free(&r);
+    CU_ASSERT_EQUAL(azfix_config(&FX, "{\"blob_via_proxy\":false}"), 0);
+    CU_ASSERT_FATAL(id != NULL);
+    /* the job read the whole file: the upload was completed after the drop */
+    const char *argv[] = {"sha256sum", data, NULL};
+    r = tl_exec(argv, NULL, NULL);
+    char want[65] = "";
+    if (r.out)
+        snprintf(want, sizeof want, "%.64s", r.out);
+    tl_result_free(&r);
+    char *log = run_logs(ws, id);
+    CU_ASSERT(want[0] && tl_contains(log, want));
+    free(log);
+    /* one dropped PUT, then each blob stored exactly once */
+    json_t *br = azfix_blob_requests(&FX);
+    size_t i;
+    json_t *q;
+    int dropped = 0, stored = 0, bad = 0;
+    json_array_foreach(br, i, q) {
+        if (strcmp(jstr(q, "method"), "PUT") || !strstr(jstr(q, "path"), "ctarget-blobs/"))
+            continue;
+        long long st = json_integer_value(json_object_get(q, "status"));
+        if (st == 0)
+            dropped++;
+        else if (st == 201)
+            stored++;
+        else
+            bad++;
+    }
+    CU_ASSERT_EQUAL(dropped, 1);
+    CU_ASSERT_EQUAL(bad, 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_EQUAL(stored, handle_int(j, "uploaded_blobs"));
+    json_decref(j);
+    json_decref(br);
+    free(id);
+    free(data);
+    free(src);
+}
+
 /* ---- 14. the monitor killed mid-run: reattached, logs byte-exact; no secret in its argv ----- */
 
 #define NUMBERED                                                                           \
@@ -1117,6 +1183,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t11_429_storm);
     TL_ADD(s, t12_lro_fails);
     TL_ADD(s, t13_drop_mid_upload);
+    TL_ADD(s, t13b_drop_mid_blob);
     TL_ADD(s, t14_monitor_killed);
     TL_ADD(s, t14b_preempted_restarted);
     TL_ADD(s, t15_cancel);
