@@ -182,6 +182,7 @@ static void fill_env(azfix *fx)
     e[n++] = xasprintf("AZFIX_AAD=%s", fx->aad);
     e[n++] = xasprintf("AZFIX_IMDS=%s", fx->imds);
     e[n++] = xasprintf("AZFIX_BLOB=%s", fx->blob ? fx->blob : "");
+    e[n++] = xasprintf("AZFIX_BLOB_PROXY=%s", fx->blob_proxy ? fx->blob_proxy : "");
     e[n++] = xasprintf("AZFIX_TENANT=%s", fx->tenant_id);
     e[n++] = xasprintf("AZFIX_CLIENT_ID=%s", fx->client_id);
     e[n++] = xasprintf("AZFIX_CLIENT_SECRET=%s", fx->client_secret);
@@ -322,10 +323,15 @@ int azfix_start(azfix *fx, const azfix_opts *opts)
         char *cfg = xasprintf("{\"blob_endpoint\":\"%s\"}", fx->blob);
         int rc = azfix_config(fx, cfg);
         free(cfg);
-        if (rc != 0) {
+        /* the emulator's proxy in front of Azurite (faults and counts for blob traffic) */
+        fx->blob_proxy_port = rc == 0 ? wait_port_file(fx->dir, "blob_port", fx->emu_pid, 5000) : 0;
+        if (fx->blob_proxy_port <= 0) {
+            fprintf(stderr, "azfix: the emulator did not take Azurite's endpoint\n");
+            dump_log(fx->dir, "emulator.log");
             azfix_stop(fx);
             return -1;
         }
+        fx->blob_proxy = xasprintf("https://127.0.0.1:%d/devstoreaccount1", fx->blob_proxy_port);
     }
     fill_env(fx);
     if (write_config(fx) != 0) {
@@ -346,6 +352,7 @@ void azfix_stop(azfix *fx)
     free(fx->aad);
     free(fx->imds);
     free(fx->blob);
+    free(fx->blob_proxy);
     free(fx->ca_bundle);
     free(fx->tenant_id);
     free(fx->client_id);
@@ -418,6 +425,16 @@ int azfix_fault(azfix *fx, const char *json)
 json_t *azfix_requests(azfix *fx)
 {
     json_t *j = azfix_admin(fx, "GET", "/_emulator/requests", NULL, NULL);
+    if (j && !json_is_array(j)) {
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
+}
+
+json_t *azfix_blob_requests(azfix *fx)
+{
+    json_t *j = azfix_admin(fx, "GET", "/_emulator/blob_requests", NULL, NULL);
     if (j && !json_is_array(j)) {
         json_decref(j);
         j = NULL;

@@ -26,13 +26,18 @@ typedef struct azfix {
     char *dir;              /* DIR: ca.pem, port, imds_port, config.json, logs, jobs/ */
     int port;               /* emulator HTTPS port (AAD, ARM, admin) */
     int imds_port;          /* emulator plain-HTTP IMDS port */
-    int blob_port;          /* Azurite blob port (HTTPS), 0 without Azurite */
+    int blob_port;          /* Azurite's blob port (HTTPS), 0 without Azurite */
 
     /* endpoints, as the product's settings take them (no trailing slash) */
     char *arm;              /* arm_endpoint:  https://127.0.0.1:PORT */
     char *aad;              /* aad_endpoint:  https://127.0.0.1:PORT (token at /TENANT/oauth2/v2.0/token) */
     char *imds;             /* imds_endpoint: http://127.0.0.1:IMDS_PORT */
     char *blob;             /* https://127.0.0.1:BLOB_PORT/devstoreaccount1 (NULL without Azurite) */
+    char *blob_proxy;       /* the same account through the emulator's proxy in front of Azurite:
+                             * blob traffic counted (azfix_blob_requests) and faulted ("target":
+                             * "blob").  SAS URLs of startPendingUpload name it after
+                             * azfix_config(fx, "{\"blob_via_proxy\":true}"), Azurite otherwise. */
+    int blob_proxy_port;
     char *ca_bundle;        /* DIR/ca.pem: the throwaway CA (CTARGET_CA_BUNDLE, NODE_EXTRA_CA_CERTS) */
 
     /* identities (seed values) */
@@ -84,6 +89,12 @@ int azfix_fault(azfix *fx, const char *json);
 /* GET /_emulator/requests: a JSON array (owned) of {"seq","method","path","query","status",
  * "body_size","api_version","invalid"?}; never an auth header or a body. */
 json_t *azfix_requests(azfix *fx);
+/* GET /_emulator/blob_requests: what went through the blob proxy, a JSON array (owned) of
+ * {"seq","method","path","query" (sig redacted),"status" (0: dropped),"body_size",
+ * "body_received" (dropped uploads),"response_size","fault"?}.  Blob faults are the same specs
+ * with "target":"blob", e.g. {"target":"blob","method":"PUT","path":"ctarget-blobs/",
+ * "action":"drop","after_bytes":1000} drops the connection mid-upload. */
+json_t *azfix_blob_requests(azfix *fx);
 /* How many recorded requests match method (NULL: any) and a POSIX extended regex on the
  * path (NULL: any). */
 int azfix_count(azfix *fx, const char *method, const char *path_regex);

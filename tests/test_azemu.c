@@ -99,17 +99,22 @@ static void t01_fixture_starts(void)
     CU_ASSERT(access(az, R_OK) == 0);
     free(az);
     /* the server certificate is held to the CA by a real TLS client (openssl) */
-    char *connect = NULL;
-    if (asprintf(&connect, "127.0.0.1:%d", FX.blob_port) < 0)
-        abort();
-    tl_result r = tl_exec((const char *const[]){"openssl", "s_client", "-connect", connect, "-CAfile",
-                                                FX.ca_bundle, "-verify_return_error", "-brief", NULL},
-                          "", NULL);
-    if (r.status != 0)
-        tl_dump("openssl s_client to Azurite", &r);
-    CU_ASSERT_EQUAL(r.status, 0);
-    tl_result_free(&r);
-    free(connect);
+    CU_ASSERT(FX.blob_proxy_port > 0 && FX.blob_proxy_port != FX.blob_port);
+    CU_ASSERT(FX.blob_proxy && !strncmp(FX.blob_proxy, "https://127.0.0.1:", 18));
+    int ports[] = {FX.port, FX.blob_port, FX.blob_proxy_port};
+    for (size_t i = 0; i < 3; i++) {
+        char *connect = NULL;
+        if (asprintf(&connect, "127.0.0.1:%d", ports[i]) < 0)
+            abort();
+        tl_result r = tl_exec((const char *const[]){"openssl", "s_client", "-connect", connect, "-CAfile",
+                                                    FX.ca_bundle, "-verify_return_error", "-brief", NULL},
+                              "", NULL);
+        if (r.status != 0)
+            tl_dump(connect, &r);
+        CU_ASSERT_EQUAL(r.status, 0);
+        tl_result_free(&r);
+        free(connect);
+    }
 }
 
 /* The C API the plugins' tests use: faults, the request log, counts, reset, state, blobs. */
@@ -158,6 +163,7 @@ static void t06_self_lro(void) { self("lro", 21); }
 static void t07_self_faults(void) { self("faults", 6); }
 static void t08_self_jobs(void) { self("jobs", 18); }
 static void t09_self_ci(void) { self("ci", 7); }
+static void t09b_self_blob_proxy(void) { self("blob", 11); }
 
 /* A job's log and outputs read from C through the fixture (what test_aml compares). */
 static void t10_blob_from_c(void)
@@ -252,6 +258,7 @@ static void add_tests(CU_pSuite s)
     TL_ADD(s, t07_self_faults);
     TL_ADD(s, t08_self_jobs);
     TL_ADD(s, t09_self_ci);
+    TL_ADD(s, t09b_self_blob_proxy);
     TL_ADD(s, t10_blob_from_c);
     TL_ADD(s, t11_spec_examples);
     TL_ADD(s, t12_sdk_arm);

@@ -144,7 +144,8 @@ class Emulator:
         self.seed = seed
         self.lock = threading.RLock()
         self.cfg = {"lro_ms": args.lro_ms, "job_phase_ms": args.job_phase_ms,
-                    "token_lifetime_s": 3599, "retry_after": 0, "core_quota": seed["core_quota"]}
+                    "token_lifetime_s": 3599, "retry_after": 0, "core_quota": seed["core_quota"],
+                    "blob_via_proxy": False}
         self.thumbs = make_certs(self.dir, seed["cert_password"])
         self.tokens = {}          # token -> {aud, exp, principal}
         self.requests = []
@@ -162,6 +163,9 @@ class Emulator:
         self.port = None
         self.blob = None
         self.blob_endpoint = None
+        self.public_blob = None
+        self.proxy = None
+        self.blob_requests = []   # what went through the blob proxy
         if args.blob_endpoint:
             self.set_blob(args.blob_endpoint)
         root = os.path.join(HERE, "specs", SPEC_DIR_REL)
@@ -173,9 +177,25 @@ class Emulator:
         self.runner = emu_jobs.Runner(self)
 
     def set_blob(self, endpoint):
+        """Azurite at endpoint: the emulator talks to it directly; every URL it hands out names
+        the proxy in front of it (emu_proxy), whose port goes to DIR/blob_port."""
         self.blob_endpoint = endpoint.rstrip("/")
         self.blob = emu_blob.Blob(self.blob_endpoint, self.seed["storage_account"], self.seed["storage_key"],
                                   os.path.join(self.dir, "ca.pem"))
+        if self.proxy is None:
+            import emu_proxy
+            self.proxy = emu_proxy.start(self, Server, os.path.join(self.dir, "server.pem"),
+                                         os.path.join(self.dir, "server.key"))
+            port = self.proxy.server_address[1]
+            with open(os.path.join(self.dir, "blob_port.tmp"), "w") as f:
+                f.write("%d\n" % port)
+            os.rename(os.path.join(self.dir, "blob_port.tmp"), os.path.join(self.dir, "blob_port"))
+        self.public_blob = "https://127.0.0.1:%d%s" % (self.proxy.server_address[1], self.blob.base_path)
+
+    def public_url(self, container, name=""):
+        """A blob URL to hand out: Azurite itself, or the proxy when blob_via_proxy is set."""
+        base = self.public_blob if self.cfg["blob_via_proxy"] else self.blob_endpoint
+        return "%s/%s%s" % (base, container, "/" + urllib.parse.quote(name) if name else "")
 
     # ids
     @property
@@ -201,11 +221,11 @@ class Emulator:
                 self.faults.append(f)
             return f
 
-    def take_fault(self, method, path, kinds):
+    def take_fault(self, method, path, kinds, target="arm"):
         with self.lock:
             for f in self.faults:
                 act = f.get("action", "status")
-                if act not in kinds or f["count"] == 0:
+                if act not in kinds or f["count"] == 0 or f.get("target", "arm") != target:
                     continue
                 if f.get("method") and f["method"].upper() != method:
                     continue
@@ -515,6 +535,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with emu.lock:
                 out = [b for b in emu.bodies if b["seq"] > since]
             return self.send(200, out)
+        if p == "/blob_requests" and m == "GET":
+            since = int(self.q.get("since", 0))
+            with emu.lock:
+                out = [dict(r) for r in emu.blob_requests if r["seq"] > since]
+            return self.send(200, out)
         if p == "/requests":
             since = int(self.q.get("since", 0))
             with emu.lock:
@@ -522,7 +547,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(200, out)
         if p == "/reset" and m == "POST":
             with emu.lock:
-                emu.faults, emu.requests, emu.bodies = [], [], []
+                emu.faults, emu.requests, emu.bodies, emu.blob_requests = [], [], [], []
                 if j.get("state"):
                     emu.runner.cancel_all()
                     emu.computes, emu.ops, emu.jobs = {}, {}, {}
@@ -537,12 +562,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         raise HttpError(400, "BadConfig", "unknown config key '%s' (known: %s)"
                                         % (k, ", ".join(sorted(emu.cfg))))
                     emu.cfg[k] = v
-            return self.send(200, emu.cfg)
+            return self.send(200, dict(emu.cfg, blob_public_endpoint=emu.public_blob))
         if p == "/seed" and m == "GET":
             return self.send(200, {k: v for k, v in emu.seed.items()
                                    if k not in ("service_principals", "storage_key", "cert_password")})
         if p == "/config" and m == "GET":
-            return self.send(200, emu.cfg)
+            return self.send(200, dict(emu.cfg, blob_public_endpoint=emu.public_blob))
         if p == "/tokens/expire" and m == "POST":
             with emu.lock:
                 for t in emu.tokens.values():

@@ -541,7 +541,7 @@ def assets(h, kind, segs, doc):
                 raise HttpError(400, "UserError", "pendingUploadType must be TemporaryBlobReference.")
             folder = pending_folder(name, version)
             emu.blob.create_container(emu.blob_container)
-            uri = emu.blob.url(emu.blob_container, folder)
+            uri = emu.public_url(emu.blob_container, folder)
             return h.send(200, {"blobReferenceForConsumption": {
                 "blobUri": uri, "storageAccountArmId": "/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Storage/"
                 "storageAccounts/%s" % (emu.sub, emu.seed["resource_group"], emu.seed["storage_account"]),
@@ -605,7 +605,7 @@ def datastore_view(emu, name):
                            "isDefault": name == "workspaceblobstore",
                            "serviceDataAccessAuthIdentity": "None",
                            "credentials": {"credentialsType": "AccountKey"},
-                           "description": "Azurite blob endpoint: %s" % emu.blob_endpoint,
+                           "description": "Azurite blob endpoint: %s (proxy: %s)" % (emu.blob_endpoint, emu.public_blob),
                            "tags": {}, "properties": {}}}
 
 

@@ -310,11 +310,11 @@ class Runner:
             if not cont:
                 raise ValueError("datastore '%s' does not exist" % m.group(1))
             return cont, urllib.parse.unquote(m.group(2))
-        base = emu.blob.endpoint + "/"
-        if uri.startswith(base):
-            rest = urllib.parse.unquote(urllib.parse.urlsplit(uri).path[len(emu.blob.base_path) + 1:])
-            cont, _, prefix = rest.partition("/")
-            return cont, prefix
+        for base in (emu.blob.endpoint + "/", (emu.public_blob or emu.blob.endpoint) + "/"):
+            if uri.startswith(base):
+                rest = urllib.parse.unquote(urllib.parse.urlsplit(uri).path[len(emu.blob.base_path) + 1:])
+                cont, _, prefix = rest.partition("/")
+                return cont, prefix
         raise ValueError("unsupported URI '%s'" % uri)
 
     def fetch(self, container, name, dest):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The emulator's own checks, against a running emulator + Azurite (tests/azfix.c starts them;
-the AZFIX_* environment names them).  selftest.py GROUP...  (aad imds arm lro faults jobs ci)
+the AZFIX_* environment names them).  selftest.py GROUP...  (aad imds arm lro faults jobs ci blob)
 Prints "ok - what" / "not ok - what: why" per check; exit 1 if any failed."""
 import base64
 import http.client
@@ -504,7 +504,49 @@ def g_ci():
     check("sshPublicAccess is immutable -> 400", st == 400 and "sshPublicAccess" in j["error"]["message"], (st, j))
 
 
-GROUPS = {"aad": g_aad, "imds": g_imds, "arm": g_arm, "lro": g_lro, "faults": g_faults, "jobs": g_jobs, "ci": g_ci}
+def g_blob():
+    tok = arm_token()
+    st_, _, j = req("POST", WSP + "/codes/blobchk/versions/1/startPendingUpload" + AV,
+                    {"pendingUploadType": "TemporaryBlobReference"}, token=tok)
+    check("SAS URLs name Azurite by default", j["blobReferenceForConsumption"]["blobUri"].startswith(E["AZFIX_BLOB"] + "/"), j)
+    admin("POST", "/config", {"blob_via_proxy": True})
+    st_, _, j = req("POST", WSP + "/codes/blobchk/versions/1/startPendingUpload" + AV,
+                    {"pendingUploadType": "TemporaryBlobReference"}, token=tok)
+    sas = j["blobReferenceForConsumption"]["credential"]["sasUri"]
+    check("... the proxy with blob_via_proxy", sas.startswith(E["AZFIX_BLOB_PROXY"] + "/"), sas)
+    admin("POST", "/reset")
+    data = b"x" * 5000
+    check("upload through the proxy", blob_put_sas(sas, "one.bin", data) == 201)
+    log = admin("GET", "/blob_requests")
+    check("blob request logged with its size, the SAS signature redacted",
+          any(r["method"] == "PUT" and r["body_size"] == 5000 and r["status"] == 201 and "sig=REDACTED" in r["query"]
+              for r in log), log)
+    check("blob requests stay out of the ARM request log", not any(r["path"].startswith("/devstoreaccount1")
+                                                                   for r in admin("GET", "/requests")))
+    admin("POST", "/faults", {"target": "blob", "method": "PUT", "path": "dropme", "action": "drop", "after_bytes": 1000})
+    try:
+        blob_put_sas(sas, "dropme.bin", data)
+        dropped = False
+    except (http.client.HTTPException, OSError):
+        dropped = True
+    check("blob drop mid-upload closes the connection", dropped)
+    folder = urllib.parse.urlsplit(sas).path.split("/", 3)[3]
+    cont = urllib.parse.urlsplit(sas).path.split("/")[2]
+    check("... and nothing reached Azurite", blob(cont, folder + "dropme.bin") is None)
+    log = admin("GET", "/blob_requests")
+    check("... logged as dropped after 1000 bytes", any(r["status"] == 0 and r.get("body_received") == 1000 for r in log), log)
+    check("the retry goes through", blob_put_sas(sas, "dropme.bin", data) == 201 and blob(cont, folder + "dropme.bin") == data)
+    admin("POST", "/faults", {"target": "blob", "method": "PUT", "status": 503, "retry_after": 1, "count": 1})
+    st1 = blob_put_sas(sas, "busy.bin", b"b")
+    st2 = blob_put_sas(sas, "busy.bin", b"b")
+    check("blob 503 with Retry-After, once", (st1, st2) == (503, 201), (st1, st2))
+    admin("POST", "/faults", {"method": "PUT", "status": 500, "count": 1})
+    check("a fault without target:blob never hits blob traffic", blob_put_sas(sas, "arm-only.bin", b"a") == 201)
+    admin("DELETE", "/faults")
+    admin("POST", "/config", {"blob_via_proxy": False})
+
+
+GROUPS = {"aad": g_aad, "imds": g_imds, "arm": g_arm, "lro": g_lro, "faults": g_faults, "jobs": g_jobs, "ci": g_ci, "blob": g_blob}
 
 if __name__ == "__main__":
     for g in sys.argv[1:] or list(GROUPS):
