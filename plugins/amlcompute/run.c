@@ -189,7 +189,14 @@ typedef struct upload {
     ctarget_error *err;
     aml_buf manifest;
     FILE *record;          /* the local record of uploaded blobs */
+    const char *spool_dir; /* large blobs go through a file here, not memory */
+    int spool_fd;          /* >= 0 while the current entry is spooled */
+    char spool[4096];
+    uint64_t entry_size;
 } upload;
+
+/* blobs above this go through a temporary file (uploaded in blocks by the blob client) */
+#define AML_SPOOL_MIN (8u << 20)
 
 static int want_missing(void *arg, const char *sha)
 {
@@ -245,9 +252,21 @@ static int entry_done(upload *u)
     }
     if (!strncmp(name, "blobs/", 6) && strlen(name + 6) == 64) {
         char *bn = xfmt("ctarget-blobs/%s", name + 6);
-        u->rc = bn ? az_blob_put(u->blob, bn, u->data.data ? u->data.data : "", u->data.len,
-                                 "application/octet-stream", u->err)
-                   : CTARGET_E_NOMEM;
+        if (!bn)
+            u->rc = CTARGET_E_NOMEM;
+        else if (u->spool_fd >= 0) {
+            int bad = close(u->spool_fd) != 0;
+            u->spool_fd = -1;
+            u->rc = bad ? CTARGET_E_IO
+                        : az_blob_put_file(u->blob, bn, u->spool, "application/octet-stream",
+                                           u->err);
+            if (bad)
+                H->error_set(u->err, CTARGET_E_IO, 0, errno, "cannot write %s", u->spool);
+            unlink(u->spool);
+        } else {
+            u->rc = az_blob_put(u->blob, bn, u->data.data ? u->data.data : "", u->data.len,
+                                "application/octet-stream", u->err);
+        }
         free(bn);
         if (u->rc)
             return -1;
@@ -256,9 +275,24 @@ static int entry_done(upload *u)
             fprintf(u->record, "%s\n", name + 6);
             fflush(u->record);
         }
-        u->bytes += u->data.len;
+        u->bytes += u->entry_size;
         u->blobs++;
         H->progress(u->c, "uploading the snapshot", u->bytes, u->total);
+    }
+    return 0;
+}
+
+static int fd_write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w, len -= (size_t)w;
     }
     return 0;
 }
@@ -271,7 +305,14 @@ static int tar_write(void *arg, const void *data, size_t len)
         if (u->in_data) {
             if (u->left) {
                 size_t n = len < u->left ? len : (size_t)u->left;
-                if (aml_buf_add(&u->data, p, n)) {
+                if (u->spool_fd >= 0) {
+                    if (fd_write_all(u->spool_fd, p, n)) {
+                        u->rc = CTARGET_E_IO;
+                        H->error_set(u->err, CTARGET_E_IO, 0, errno, "cannot write %s",
+                                     u->spool);
+                        return -1;
+                    }
+                } else if (aml_buf_add(&u->data, p, n)) {
                     u->rc = CTARGET_E_NOMEM;
                     H->error_set(u->err, CTARGET_E_NOMEM, 0, 0, "out of memory");
                     return -1;
@@ -326,6 +367,17 @@ static int tar_write(void *arg, const void *data, size_t len)
         }
         u->type = type ? type : '0';
         aml_buf_free(&u->data);
+        u->entry_size = size;
+        if (size >= AML_SPOOL_MIN && u->spool_dir && !strncmp(u->name, "blobs/", 6)) {
+            snprintf(u->spool, sizeof u->spool, "%s/.upload-XXXXXX", u->spool_dir);
+            u->spool_fd = mkstemp(u->spool);
+            if (u->spool_fd < 0) {
+                u->rc = CTARGET_E_IO;
+                H->error_set(u->err, CTARGET_E_IO, 0, errno, "cannot create a file in %s",
+                             u->spool_dir);
+                return -1;
+            }
+        }
         u->left = size;
         u->pad = (512 - size % 512) % 512;
         u->in_data = 1;
@@ -443,7 +495,7 @@ static ctarget_status upload_code(az_ctx *az, ctarget_call *c, ctarget_target *t
     sizes sz = {.have = &have};
     rc = H->snapshot_blobs(c, run->snapshot_id, size_cb, &sz, err);
     upload u = {.c = c, .blob = b, .folder = folder, .have = &have, .total = sz.missing_bytes,
-                .err = err, .pax_size = -1};
+                .err = err, .pax_size = -1, .spool_dir = run->work_dir, .spool_fd = -1};
     char *rp = record_path(t);
     u.record = rp ? fopen(rp, "ae") : NULL;
     free(rp);
@@ -468,6 +520,10 @@ static ctarget_status upload_code(az_ctx *az, ctarget_call *c, ctarget_target *t
     }
     if (u.record)
         fclose(u.record);
+    if (u.spool_fd >= 0) {
+        close(u.spool_fd);
+        unlink(u.spool);
+    }
     uint64_t req = 0, sent = 0;
     az_blob_stats(b, &req, &sent);
     hseti(run, "uploaded_blobs", (long long)u.blobs);
