@@ -38,7 +38,6 @@ import emu_jobs  # noqa: E402
 ML = "Microsoft.MachineLearningServices"
 API_VERSION = "2025-12-01"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-SPEC_DIR_REL = "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/stable/2025-12-01"
 
 DEFAULT_SEED = {
     "tenant_id": "00000000-0000-0000-0000-0000000000aa",
@@ -168,8 +167,11 @@ class Emulator:
         self.blob_requests = []   # what went through the blob proxy
         if args.blob_endpoint:
             self.set_blob(args.blob_endpoint)
-        root = os.path.join(HERE, "specs", SPEC_DIR_REL)
+        import emu_specs
+        root = emu_specs.unpack(os.path.join(self.dir, "specs"))
         specs = [os.path.join(root, "machineLearningServices.json"), os.path.join(root, "mfe.json")]
+        if not os.path.exists(specs[0]):
+            sys.exit("azure_emulator: no swagger at %s: nothing to hold requests to" % specs[0])
         self.spec = swagger_validate.Spec([s for s in specs if os.path.exists(s)])
         self.ws_guid = str(uuid.uuid5(uuid.NAMESPACE_URL, seed["workspace_name"]))
         self.blob_container = "azureml-blobstore-" + self.ws_guid

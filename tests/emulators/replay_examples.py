@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Every official example under tests/emulators/specs (copied from shared/specs) against the
+"""Every official example in tests/emulators/specs (a bundle of shared/specs) against the
 swagger and the running emulator (AZFIX_* environment, as selftest.py):
 
 1. the validator accepts Microsoft's own payloads: each example's request body validates
@@ -22,9 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import selftest as st  # noqa: E402  (its request helpers and the fixture's environment)
 import swagger_validate  # noqa: E402
-from azure_emulator import SPEC_DIR_REL  # noqa: E402
+import emu_specs  # noqa: E402
 
-ROOT = os.path.join(HERE, "specs", SPEC_DIR_REL)
+ROOT = emu_specs.unpack(os.path.join(st.DIR, "specs"))  # where the emulator unpacked them
 STABLE = os.path.dirname(ROOT)
 SPECS = [p for p in (os.path.join(ROOT, "machineLearningServices.json"), os.path.join(ROOT, "mfe.json"))
          if os.path.exists(p)]
