@@ -240,9 +240,32 @@ static void t15_no_secrets_in_logs(void)
 static void t16_stop_by_pid(void)
 {
     CU_ASSERT_FATAL(fixture());
+    /* a job whose process ignores SIGTERM is running: it must not outlive the emulator */
+    char *py = src("tests/emulators/selftest.py");
+    tl_result r = tl_exec((const char *const[]){"python3", py, "stubborn", NULL}, NULL,
+                          (const char *const *)FX.env);
+    free(py);
+    TL_ASSERT_EXIT(r, 0);
+    const char *p = strstr(r.out, "pids: ");
+    int pid = p ? atoi(p + 6) : 0;
+    CU_ASSERT(pid > 0 && kill(pid, 0) == 0);
+    tl_result_free(&r);
     pid_t e = FX.emu_pid, a = FX.azurite_pid;
     azfix_stop(&FX);
     CU_ASSERT(kill(e, 0) != 0 && kill(a, 0) != 0);
+    if (pid > 0) { /* the job's process: killed by the emulator on its way out (reaped by init) */
+        int gone = 0;
+        for (int i = 0; i < 100 && !gone; i++) {
+            char stat[64], *t;
+            snprintf(stat, sizeof stat, "/proc/%d/stat", pid);
+            t = tl_read_file(stat);
+            gone = !t || strstr(t, ") Z ") != NULL;
+            free(t);
+            if (!gone)
+                usleep(20000);
+        }
+        CU_ASSERT(gone);
+    }
     azfix_stop(&FX); /* idempotent */
     FX_ok = -1;
 }

@@ -627,7 +627,6 @@ def main():
     imdsd = Server(("127.0.0.1", 0), ImdsHandler)
 
     def stop(signum, frame):
-        emu.runner.cancel_all()
         threading.Thread(target=httpd.shutdown, daemon=True).start()
         threading.Thread(target=imdsd.shutdown, daemon=True).start()
     signal.signal(signal.SIGTERM, stop)

@@ -108,9 +108,24 @@ class Runner:
         self.kill(jb, grace=2.0)
 
     def cancel_all(self, wait=False):
-        for jb in list(self.emu.jobs.values()):
+        """Stop every job's processes; with wait, KILL what is left after 1 s before returning
+        (the emulator is exiting: no process of a job may outlive it)."""
+        jobs = list(self.emu.jobs.values())
+        for jb in jobs:
             jb.cancel_ev.set()
-            self.kill(jb, grace=0.5)
+            self.kill(jb, grace=0 if wait else 0.5)
+        if not wait:
+            return
+        deadline = time.time() + 1.0
+        while time.time() < deadline and any(pr.poll() is None for jb in jobs for pr in jb.procs):
+            time.sleep(0.02)
+        for jb in jobs:
+            for pr in jb.procs:
+                if pr.poll() is None:
+                    try:
+                        os.killpg(pr.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
 
     def kill(self, jb, grace):
         for pr in list(jb.procs):

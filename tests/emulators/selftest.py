@@ -546,7 +546,20 @@ def g_blob():
     admin("POST", "/config", {"blob_via_proxy": False})
 
 
-GROUPS = {"aad": g_aad, "imds": g_imds, "arm": g_arm, "lro": g_lro, "faults": g_faults, "jobs": g_jobs, "ci": g_ci, "blob": g_blob}
+def g_stubborn():
+    """Leaves a job running that ignores SIGTERM and prints its pids (test_azemu then stops the
+    emulator and checks that no process of the job survived it)."""
+    tok = arm_token()
+    comp = setup_compute(tok, "stub1", aml_body(mx=1))
+    code, _ = upload_code(tok, "code-stub", {"s.sh": b"trap '' TERM\necho started\nwhile :; do sleep 1; done\n"})
+    req("PUT", WSP + "/jobs/job-stub-1" + AV, job_body(comp, code, env_id(tok), "sh s.sh"), token=tok)
+    check("a job that ignores SIGTERM runs", wait(lambda: b"started" in (blob(
+        "azureml", "ExperimentRun/dcid.job-stub-1/user_logs/std_log.txt") or b""), 30))
+    pids = admin("GET", "/state")["jobs"]["job-stub-1"]["pids"]
+    print("pids: " + " ".join(map(str, pids)))
+
+
+GROUPS = {"aad": g_aad, "imds": g_imds, "arm": g_arm, "lro": g_lro, "faults": g_faults, "jobs": g_jobs, "ci": g_ci, "blob": g_blob, "stubborn": g_stubborn}
 
 if __name__ == "__main__":
     for g in sys.argv[1:] or list(GROUPS):
