@@ -270,6 +270,47 @@ static void t16_stop_by_pid(void)
     FX_ok = -1;
 }
 
+/* A seed renames the workspace; without Azurite the ARM side still works; the fixture reads
+ * the names back from the emulator. */
+static void t17_seed_no_azurite(void)
+{
+    azfix f2;
+    azfix_opts o = {.seed = "{\"workspace_name\": \"ws-seeded\", \"resource_group\": \"rg-seeded\"}",
+                    .no_azurite = 1, .lro_ms = 100};
+    CU_ASSERT_EQUAL_FATAL(azfix_start(&f2, &o), 0);
+    CU_ASSERT_STRING_EQUAL(f2.workspace_name, "ws-seeded");
+    CU_ASSERT_STRING_EQUAL(f2.resource_group, "rg-seeded");
+    CU_ASSERT(tl_contains(f2.workspace_id, "/resourceGroups/rg-seeded/providers/"
+                                           "Microsoft.MachineLearningServices/workspaces/ws-seeded"));
+    CU_ASSERT_PTR_NULL(f2.blob);
+    CU_ASSERT_EQUAL(f2.azurite_pid, 0);
+    char *cfg = tl_read_file(f2.config_json);
+    CU_ASSERT(cfg && tl_contains(cfg, "\"ws-seeded\""));
+    free(cfg);
+    char *ctl = src("tests/emulators/emuctl.py");
+    char *ok = NULL, *old = NULL;
+    if (asprintf(&ok, "%s?api-version=2025-12-01", f2.workspace_id) < 0 ||
+        asprintf(&old, "/subscriptions/%s/resourceGroups/rg-seeded/providers/"
+                       "Microsoft.MachineLearningServices/workspaces/ws-ctarget?api-version=2025-12-01",
+                 f2.subscription_id) < 0)
+        abort();
+    tl_result r = tl_exec((const char *const[]){"python3", ctl, "--dir", f2.dir, "--token", "GET", ok, NULL},
+                          NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "\"ws-seeded\""));
+    tl_result_free(&r);
+    r = tl_exec((const char *const[]){"python3", ctl, "--dir", f2.dir, "--token", "GET", old, NULL}, NULL, NULL);
+    CU_ASSERT_EQUAL(r.status, 1);
+    CU_ASSERT(tl_contains(r.out, "ResourceNotFound"));
+    tl_result_free(&r);
+    free(ok);
+    free(old);
+    free(ctl);
+    pid_t e = f2.emu_pid;
+    azfix_stop(&f2);
+    CU_ASSERT(kill(e, 0) != 0);
+}
+
 static void add_tests(CU_pSuite s)
 {
     TL_ADD(s, t01_fixture_starts);
@@ -289,6 +330,7 @@ static void add_tests(CU_pSuite s)
     TL_ADD(s, t14_bodies_through_sdk_models);
     TL_ADD(s, t15_no_secrets_in_logs);
     TL_ADD(s, t16_stop_by_pid);
+    TL_ADD(s, t17_seed_no_azurite);
 }
 
 int main(int argc, char **argv)

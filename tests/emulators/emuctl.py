@@ -35,6 +35,9 @@ def token(d):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import azure_emulator as ae
     seed = dict(ae.DEFAULT_SEED)
+    if os.path.exists(os.path.join(d, "seed.json")):  # azfix writes the seed it was given there
+        with open(os.path.join(d, "seed.json")) as f:
+            seed.update(json.load(f))
     sp = seed["service_principals"][0]
     form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": sp["client_id"],
                                    "client_secret": sp["client_secret"],
