@@ -254,8 +254,12 @@ static char *shared_key_auth(const az_blob *b, const char *method, const char *p
     /* canonicalized resource */
     p += sprintf(p, "/%s%s", b->account, path);
     qp *sq = malloc((nq + 1) * sizeof *sq);
-    memcpy(sq, q, nq * sizeof *q);
-    qsort(sq, nq, sizeof *sq, cmp_qp);
+    if (!sq)
+        abort();
+    if (nq) {
+        memcpy(sq, q, nq * sizeof *q);
+        qsort(sq, nq, sizeof *sq, cmp_qp);
+    }
     for (size_t i = 0; i < nq; i++) {
         p += sprintf(p, "\n");
         for (const char *c = sq[i].name; *c; c++)
