@@ -160,7 +160,7 @@ def settle(emu):
         op["applied"] = True
         kind, name = op["kind"], op["target"]
         c = emu.computes.get(name)
-        if kind in ("create", "update") and c is not None:
+        if kind in ("create", "update") and c is not None and c["state"] != "Deleting":
             c["state"] = op["outcome"]
             c["modified"] = t
             if op["outcome"] == "Failed":
