@@ -282,6 +282,7 @@ static void t_parse_aad_lro_token(void)
 
 static void t_ids(void)
 {
+    CU_ASSERT_EQUAL(sizeof KEYS / sizeof KEYS[0], AZ_N_CONFIG_KEYS);
     az_rid r;
     CU_ASSERT_EQUAL(az_rid_parse("/subscriptions/s1/resourceGroups/g1/providers/"
                                  "Microsoft.MachineLearningServices/workspaces/w1/computes/c1",
@@ -469,6 +470,80 @@ static void t_certificate(void)
     CU_ASSERT(tl_contains(err.message, FX.client_cert_p));
     CU_ASSERT(!tl_contains(err.message, "wrong-password-123"));
     az_ctx_free(az);
+    target_free(t);
+}
+
+typedef struct tok_thread {
+    ctarget_target *t;
+    ctarget_status rc;
+    char *tok;
+} tok_thread;
+
+static void *get_storage_token(void *arg)
+{
+    tok_thread *tt = arg;
+    ctarget_error err = new_err();
+    az_ctx *az = NULL;
+    tt->rc = az_ctx_new(&H, &CALL, tt->t, 0, &az, &err);
+    if (tt->rc == CTARGET_OK)
+        tt->rc = az_token_get(az, AZ_SCOPE_STORAGE, &tt->tok, &err);
+    az_ctx_free(az);
+    return NULL;
+}
+
+/* four threads wanting the same missing token make one token request */
+static void t_token_threads(void)
+{
+    NEED_FX();
+    ctarget_target *t = fx_target("threads", "secret");
+    az_ctx *az = ctx_for(t);
+    az_token_invalidate(az, AZ_SCOPE_STORAGE);
+    az_ctx_free(az);
+    azfix_reset(&FX);
+    tok_thread tt[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        tt[i] = (tok_thread){t, CTARGET_E_INTERNAL, NULL};
+        CU_ASSERT_EQUAL(pthread_create(&th[i], NULL, get_storage_token, &tt[i]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++) {
+        CU_ASSERT_EQUAL(tt[i].rc, CTARGET_OK);
+        CU_ASSERT(tt[i].tok && tt[0].tok && !strcmp(tt[i].tok, tt[0].tok));
+    }
+    for (int i = 0; i < 4; i++)
+        az_token_free(tt[i].tok);
+    CU_ASSERT_EQUAL(azfix_count(&FX, "POST", "/oauth2/v2.0/token$"), 1);
+    target_free(t);
+}
+
+/* no credential settings: azure-identity's environment variables */
+static void t_env_credential(void)
+{
+    NEED_FX();
+    azfix_reset(&FX);
+    ctarget_target *t = fx_target("envcred", "none");
+    json_object_del(t->config, "tenant_id");
+    setenv("AZURE_CLIENT_ID", FX.client_id, 1);
+    setenv("AZURE_TENANT_ID", FX.tenant_id, 1);
+    setenv("AZURE_CLIENT_SECRET", FX.client_secret, 1);
+    az_ctx *az = ctx_for(t);
+    CU_ASSERT(tl_contains(az_credential_desc0(az), "environment"));
+    ctarget_error err = new_err();
+    json_t *ws = NULL;
+    ctarget_status rc = get_ws(az, &ws, &err);
+    if (rc)
+        fprintf(stderr, "environment credential: %s\n", err.message);
+    CU_ASSERT_EQUAL(rc, CTARGET_OK);
+    json_decref(ws);
+    /* the same service principal as the settings' one: its cached token may serve */
+    CU_ASSERT(azfix_count(&FX, "POST", "/oauth2/v2.0/token$") <= 1);
+    CU_ASSERT_EQUAL(azfix_count(&FX, "GET", "/workspaces/[^/]+$"), 1);
+    az_ctx_free(az);
+    unsetenv("AZURE_CLIENT_ID");
+    unsetenv("AZURE_TENANT_ID");
+    unsetenv("AZURE_CLIENT_SECRET");
     target_free(t);
 }
 
@@ -1300,6 +1375,8 @@ static void add_tests(CU_pSuite s)
     TL_ADD(s, t_ids);
     TL_ADD(s, t_workspace_config);
     TL_ADD(s, t_token_cache);
+    TL_ADD(s, t_token_threads);
+    TL_ADD(s, t_env_credential);
     TL_ADD(s, t_certificate);
     TL_ADD(s, t_managed_identity);
     TL_ADD(s, t_wrong_secret);
