@@ -517,6 +517,8 @@ ctarget_status az_blob_get(az_blob *b, const char *name, uint64_t offset, int64_
         if (size)
             *size = total;
         size_t n = resp->body_len;
+        if ((uint64_t)n > end - pos)
+            n = (size_t)(end - pos);   /* a whole-blob answer to a range request */
         if (n && out(out_arg, resp->body, n)) {
             h->http_response_free(resp);
             AZ_ERR(b->az, err, CTARGET_E_CANCELED, 0, "reading blob '%s' stopped", name);
