@@ -549,7 +549,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(200, out)
         if p == "/reset" and m == "POST":
             with emu.lock:
-                emu.faults, emu.requests, emu.bodies, emu.blob_requests = [], [], [], []
+                emu.faults = []
+                if j.get("log", True):
+                    emu.requests, emu.bodies, emu.blob_requests = [], [], []
                 if j.get("state"):
                     emu.runner.cancel_all()
                     emu.computes, emu.ops, emu.jobs = {}, {}, {}

@@ -222,6 +222,8 @@ def main():
     lst = arm("GET", st.WSP + "/computes")[2]
     st.check("compute list validates", not spec.validate_response(spec.find_operation("GET", st.WSP + "/computes"),
                                                                     200, lst))
+    # leave the workspace as clean as it was found (the request log and bodies stay)
+    st.admin("POST", "/reset", {"state": True, "log": False})
     st.admin("POST", "/config", {"lro_ms": 300, "job_phase_ms": 100, "core_quota": 24})
     print("replay_examples: %(examples)d examples; own payloads valid: %(own_valid)d; replayed: %(replayed)d, "
           "valid against the swagger: %(replay_valid)d, status-only (schema not here): %(no_schema)d; "

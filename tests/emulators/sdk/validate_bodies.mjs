@@ -5,7 +5,11 @@
 // constraints of its models (generated from Microsoft's swagger, mfe.json included) and
 // throws on a body it would not send.  The emulator also validates every body against the
 // swagger files here (machineLearningServices.json) before it accepts it.
-//   node validate_bodies.mjs [--file BODIES.json] [--expect-invalid]
+//   node validate_bodies.mjs [--file BODIES.json] [--expect-invalid] [--responses]
+// --responses: instead, the emulator's own answers (every compute, job, code and environment
+// version, datastore it holds, read back by GET) go through the same serializer: they are
+// the models the PUT sends (read-only properties are dropped by the serializer, the rest
+// must fit), which holds the emulator's mfe.json answers to Microsoft's models too.
 // Prints "ok - METHOD path" / "not ok - METHOD path: why"; requests the SDK version has no
 // operation for are listed as "# not covered".
 import fs from "node:fs";
@@ -19,15 +23,33 @@ const args = process.argv.slice(2);
 const expectInvalid = args.includes("--expect-invalid");
 const fileArg = args.indexOf("--file");
 
-async function received() {
+function get(path, headers = {}) {
   const port = fs.readFileSync(`${E.AZFIX_DIR}/port`, "utf8").trim();
   return new Promise((resolve, reject) => {
-    https.get({ host: "127.0.0.1", port, path: "/_emulator/bodies", ca: fs.readFileSync(`${E.AZFIX_DIR}/ca.pem`) },
+    https.get({ host: "127.0.0.1", port, path, headers, ca: fs.readFileSync(`${E.AZFIX_DIR}/ca.pem`) },
       (res) => { let d = ""; res.on("data", (c) => (d += c)); res.on("end", () => resolve(JSON.parse(d))); })
       .on("error", reject);
   });
 }
-const bodies = fileArg >= 0 ? JSON.parse(fs.readFileSync(args[fileArg + 1], "utf8")) : await received();
+async function answers() {
+  const { credential, WSID } = await import("./common.mjs");
+  const tok = (await credential().getToken("https://management.azure.com/.default")).token;
+  const h = { Authorization: `Bearer ${tok}` };
+  const av = "?api-version=2025-12-01";
+  const out = [];
+  const put = (o) => out.push({ method: "PUT", path: o.id, body: o });
+  for (const kind of ["computes", "jobs", "datastores"])
+    for (const o of (await get(`${WSID}/${kind}${av}`, h)).value) put(o);
+  for (const kind of ["codes", "environments"])
+    for (const c of (await get(`${WSID}/${kind}${av}`, h)).value) {
+      put(c);
+      const name = c.id.split("/").pop();
+      for (const v of (await get(`${WSID}/${kind}/${name}/versions${av}`, h)).value) put(v);
+    }
+  return out;
+}
+const bodies = fileArg >= 0 ? JSON.parse(fs.readFileSync(args[fileArg + 1], "utf8"))
+  : args.includes("--responses") ? await answers() : await get("/_emulator/bodies");
 
 const sent = [];
 const nowhere = { sendRequest: async (request) => {
