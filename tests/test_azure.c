@@ -626,7 +626,9 @@ static void t_expired_token(void)
     CU_ASSERT_EQUAL(get_ws(az, &ws, &err), CTARGET_OK);   /* cached token */
     json_decref(ws);
     azfix_reset(&FX);
-    CU_ASSERT_EQUAL(azfix_admin(&FX, "POST", "/_emulator/tokens/expire", "{}", NULL) != NULL, 1);
+    json_t *ex = azfix_admin(&FX, "POST", "/_emulator/tokens/expire", "{}", NULL);
+    CU_ASSERT_PTR_NOT_NULL(ex);
+    json_decref(ex);
     /* the cache still thinks it fresh: ARM says expired, one refresh, then it works */
     ws = NULL;
     ctarget_status rc = get_ws(az, &ws, &err);
@@ -649,7 +651,9 @@ static void t_expired_token(void)
     az = ctx_for(t2);
     CU_ASSERT_EQUAL(get_ws(az, &ws, &err), CTARGET_OK);
     json_decref(ws);
-    azfix_admin(&FX, "POST", "/_emulator/tokens/expire", "{}", NULL);
+    ex = azfix_admin(&FX, "POST", "/_emulator/tokens/expire", "{}", NULL);
+    CU_ASSERT_PTR_NOT_NULL(ex);
+    json_decref(ex);
     CU_ASSERT_EQUAL(get_ws(az, &ws, &err), CTARGET_E_AUTH);
     CU_ASSERT(tl_contains(err.message, "access_token"));
     CU_ASSERT(tl_contains(err.message, "ExpiredAuthenticationToken") ||
