@@ -37,7 +37,10 @@ def no_link_parents(root, parts):
     cur = root
     for p in parts[:-1]:
         cur = os.path.join(cur, p)
-        st = os.lstat(cur)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            fail("%s: its directory %s is not in the manifest" % ("/".join(parts), p))
         if not stat.S_ISDIR(st.st_mode):
             fail("%s is not a directory" % cur)
     return os.path.join(root, *parts)
@@ -127,7 +130,10 @@ def main(argv):
         fail("usage: ctarget_boot.py BLOB_DIR --run-id ID -- PYTHON SCRIPT [ARGS...]")
     blob_dir, run_id = ours[0], ours[2]
     root = os.getcwd()
-    rebuild(root, blob_dir)
+    try:
+        rebuild(root, blob_dir)
+    except (OSError, ValueError) as e:
+        fail("cannot rebuild the tree: %s" % e)
     outputs = os.path.join(root, "outputs")
     os.makedirs(outputs, exist_ok=True)
     env = dict(os.environ)
