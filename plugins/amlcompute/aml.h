@@ -60,9 +60,11 @@ int aml_split_sas(const char *sas_uri, char **container_sas, char **folder);
 
 /* ISO 8601 duration of seconds: PT120S */
 void aml_duration(char *buf, size_t len, long long seconds);
-/* The compute PUT body from the target's settings (location filled in by the caller). */
+/* The compute PUT body from the target's settings; subscription and group are the
+ * workspace's (the subnet's defaults), location filled in by the caller. */
 ctarget_status aml_compute_body(aml_kind k, ctarget_target *t, const char *subscription,
-                                const char *location, json_t **body, ctarget_error *err);
+                                const char *group, const char *location, json_t **body,
+                                ctarget_error *err);
 /* The AmlCompute PATCH body (scale settings) */
 json_t *aml_cluster_patch_body(ctarget_target *t);
 /* identity object for the settings, or NULL when identity_type is unset */

@@ -34,7 +34,7 @@ static long long num(ctarget_target *t, const char *key, long long dflt)
     return v ? strtoll(v, NULL, 10) : dflt;
 }
 
-static json_t *subnet_id(ctarget_target *t, const char *subscription)
+static json_t *subnet_id(ctarget_target *t, const char *subscription, const char *group)
 {
     const char *rg = cfg(t, "vnet_resourcegroup_name"), *vnet = cfg(t, "vnet_name"),
                *sn = cfg(t, "subnet_name");
@@ -43,7 +43,7 @@ static json_t *subnet_id(ctarget_target *t, const char *subscription)
     char id[1024];
     snprintf(id, sizeof id,
              "/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Network/virtualNetworks/"
-             "%s/subnets/%s", subscription, rg ? rg : cfg(t, "resource_group"), vnet, sn);
+             "%s/subnets/%s", subscription, rg ? rg : group, vnet, sn);
     return json_pack("{s:s}", "id", id);
 }
 
@@ -87,11 +87,12 @@ json_t *aml_identity_body(ctarget_target *t)
 }
 
 ctarget_status aml_compute_body(aml_kind k, ctarget_target *t, const char *subscription,
-                                const char *location, json_t **body, ctarget_error *err)
+                                const char *group, const char *location, json_t **body,
+                                ctarget_error *err)
 {
     json_t *inner = json_object();
     json_object_set_new(inner, "vmSize", json_string(cfg(t, "vm_size")));
-    json_t *subnet = subnet_id(t, subscription);
+    json_t *subnet = subnet_id(t, subscription, group);
     if (subnet)
         json_object_set_new(inner, "subnet", subnet);
     if (k == AML_CLUSTER) {

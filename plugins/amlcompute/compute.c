@@ -239,7 +239,8 @@ ctarget_status aml_create(aml_kind k, ctarget_call *c, ctarget_target *t, ctarge
         loc = strdup(l);
     else if ((rc = aml_ws_location(az, &loc, err)))
         goto out;
-    if ((rc = aml_compute_body(k, t, az_subscription0(az), loc, &body, err)))
+    if ((rc = aml_compute_body(k, t, az_subscription0(az), az_resource_group0(az), loc,
+                               &body, err)))
         goto out;
     id = aml_compute_id(az, t);
     char what[200];
@@ -385,10 +386,7 @@ ctarget_status aml_status(aml_kind k, ctarget_call *c, ctarget_target *t,
         prov_of(json_string_value(json_object_get(outer, "provisioningState")));
     st->errors[0] = '\0';
     add_errors(st->errors, sizeof st->errors, json_object_get(outer, "provisioningErrors"));
-    if (k == AML_CLUSTER)
-        add_errors(st->errors, sizeof st->errors, json_object_get(p, "errors"));
-    else
-        add_errors(st->errors, sizeof st->errors, json_object_get(p, "errors"));
+    add_errors(st->errors, sizeof st->errors, json_object_get(p, "errors"));
     const char *state = k == AML_CLUSTER ? json_string_value(json_object_get(p, "allocationState"))
                                          : json_string_value(json_object_get(p, "state"));
     snprintf(st->state, sizeof st->state, "%s", state ? state : "");
