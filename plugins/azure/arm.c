@@ -281,8 +281,9 @@ ctarget_status az_arm_call(az_ctx *az, const az_arm_req *req, unsigned flags,
 
 static long poll_delay(long retry_after_ms, int n)
 {
+    /* "Retry-After: 0" still gets a tenth of a second: no busy polling */
     if (retry_after_ms >= 0)
-        return retry_after_ms > 60000 ? 60000 : retry_after_ms;
+        return retry_after_ms > 60000 ? 60000 : retry_after_ms < 100 ? 100 : retry_after_ms;
     long d = 1000L << (n < 4 ? n : 4);     /* 1, 2, 4, 8, 10 s when the service says nothing */
     return d > 10000 ? 10000 : d;
 }
@@ -317,7 +318,7 @@ ctarget_status az_lro_wait(az_ctx *az, const az_arm_resp *initial, const char *w
             rc = CTARGET_E_TIMEOUT;
             break;
         }
-        if (d > 0 && (rc = h->sleep_ms(az->call, d)) != CTARGET_OK) {
+        if ((rc = h->sleep_ms(az->call, d)) != CTARGET_OK) {
             AZ_ERR(az, err, CTARGET_E_CANCELED, 0, "%s: canceled while waiting (the operation "
                    "goes on in Azure)", what);
             rc = CTARGET_E_CANCELED;
