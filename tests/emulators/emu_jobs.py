@@ -102,9 +102,9 @@ class Runner:
         jb.thread.start()
 
     def cancel(self, jb):
+        """Before Running the job's thread sees the event at its next phase; once running, its
+        processes get TERM, then KILL after 2 s."""
         jb.cancel_ev.set()
-        if jb.status == "NotStarted" or jb.status in PHASES:
-            pass
         self.kill(jb, grace=2.0)
 
     def cancel_all(self, wait=False):
@@ -239,8 +239,11 @@ class Runner:
             t.start()
             readers.append(t)
         timeout = iso_duration_s((jb.props.get("limits") or {}).get("timeout"))
-        timed_out = False
+        timed_out = killed = False
         while any(pr.poll() is None for pr in jb.procs):
+            if jb.cancel_ev.is_set() and not killed:  # a cancel that came while they started
+                killed = True
+                self.kill(jb, grace=2.0)
             if jb.preempt_ev.is_set() and time.time() - jb.started >= (jb.preempt_after or 0) \
                     and not getattr(jb, "preempted", False):
                 self.do_preempt(jb)

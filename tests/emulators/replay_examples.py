@@ -16,7 +16,6 @@ import json
 import os
 import sys
 sys.dont_write_bytecode = True  # the source tree may be read-only (distcheck) and stays clean
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
