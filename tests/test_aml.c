@@ -323,6 +323,17 @@ static void t02_cluster_lifecycle(void)
     json_decref(j);
     tl_result_free(&r);
 
+    /* a managed identity added to the existing cluster */
+    r = ct(ws, A("compute", "update", "gpu-life", "--set", "identity_type=systemassigned"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = ct(ws, A("compute", "status", "gpu-life", "-o", "json"));
+    j = out_json(&r);
+    d = json_object_get(json_object_get(j, "live"), "details");
+    CU_ASSERT_STRING_EQUAL(jstr(d, "identity_type"), "SystemAssigned");
+    json_decref(j);
+    tl_result_free(&r);
+
     r = ct(ws, A("compute", "nodes", "gpu-life", "-o", "json"));
     TL_ASSERT_EXIT(r, 0);
     j = out_json(&r);
