@@ -409,6 +409,46 @@ static void t03_run_train(void)
     free(id);
 }
 
+/* ---- 3b. node_count 2 on the cluster: two processes, rank 0's log; one node elsewhere ------- */
+
+static void t03b_multi_node(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && cluster_ok);
+    char *src = source_dir("amlsrc3b", "mpi.py",
+                           "import os\nprint('rank', os.environ.get('AZUREML_CR_NODE_RANK', "
+                           "os.environ.get('RANK')), 'of', os.environ.get('WORLD_SIZE'))\n");
+    char *cfg = tl_path(src, "runconfig.json");
+    char *text = fmt("{\"source_directory\": \"%s\", \"script\": \"mpi.py\", \"target\": "
+                     "\"%s\", \"node_count\": 2}", src, CLUSTER);
+    CU_ASSERT_EQUAL(tl_write_file(cfg, text), 0);
+    tl_result r = ct(ws, A("run", "submit", "--config", cfg, "--wait", "-o", "json"));
+    TL_ASSERT_EXIT(r, 0);
+    char *id = id_of(&r);
+    tl_result_free(&r);
+    CU_ASSERT_FATAL(id != NULL);
+    char *log = run_logs(ws, id);
+    CU_ASSERT(tl_contains(log, "rank 0 of 2"));
+    free(log);
+    char *jn = lower(id);
+    json_t *st = azfix_state(&FX);
+    json_t *jobs = json_object_get(st, "jobs"), *job = NULL, *v;
+    const char *k;
+    size_t i;
+    if (json_is_object(jobs)) {
+        json_object_foreach(jobs, k, v) if (!strcasecmp(k, jn)) job = v;
+    } else {
+        json_array_foreach(jobs, i, v) if (!strcasecmp(jstr(v, "name"), jn)) job = v;
+    }
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(job, "exit_codes")), 2);
+    json_decref(st);
+    free(jn);
+    free(id);
+    free(text);
+    free(cfg);
+    free(src);
+}
+
 /* ---- 4. a resubmit after a one-file change uploads one blob -------------------------------- */
 
 static void t04_resubmit_one_blob(void)
@@ -1196,6 +1236,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t01_plugins_listed);
     TL_ADD(s, t02_cluster_lifecycle);
     TL_ADD(s, t03_run_train);
+    TL_ADD(s, t03b_multi_node);
     TL_ADD(s, t04_resubmit_one_blob);
     TL_ADD(s, t05_wrong_secret);
     TL_ADD(s, t05b_expired_tokens);
