@@ -348,6 +348,49 @@ static int do_poll(mon *m, ctarget_run_poll *p, ctarget_error *err)
     return rc ? -1 : 0;
 }
 
+/* The retry policy for runs lost through no fault of their own (poll's `restartable`: a
+ * preempted low-priority node): up to CTARGET_MAX_ATTEMPTS attempts in all (default 3). */
+static long max_attempts(void)
+{
+    const char *v = getenv("CTARGET_MAX_ATTEMPTS");
+    long long x;
+    return v && parse_ll(v, &x) == 0 && x >= 1 && x <= 100 ? (long)x : 3;
+}
+
+/* 1 when the run was started again as its next attempt (the poll loop carries on) */
+static int restart(mon *m, const ctarget_run_poll *p, ending *e)
+{
+    if (!p->restartable || p->state != CTARGET_RUN_FAILED || !m->rt->pl->run.submit ||
+        m->state == CTARGET_RUN_CANCEL_REQUESTED)
+        return 0;
+    int now = m->ri.attempt > 0 ? m->ri.attempt : 1;
+    long max = max_attempts();
+    if (now >= max) {
+        size_t n = strlen(e->reason);
+        snprintf(e->reason + n, sizeof e->reason - n, " (attempt %d of %ld: not restarted)",
+                 now, max);
+        return 0;
+    }
+    ctarget_error err;
+    ctarget_error_init(&err);
+    m->ri.attempt = now + 1;
+    run_set_int(m->ws->st, m->id, "attempt", m->ri.attempt, &err);
+    json_object_set_new(m->row, "attempt", json_integer(m->ri.attempt));
+    mon_note(m, "attempt %d lost (%s): starting attempt %d of at most %ld", now,
+             p->reason[0] ? p->reason : "restartable failure", m->ri.attempt, max);
+    if (call_op(m, "submit", m->rt->pl->run.submit, &err)) {
+        set_ending(e, CTARGET_RUN_FAILED, "attempt %d was lost (%s) and attempt %d was "
+                   "refused: %s", now, p->reason, m->ri.attempt, err.message);
+        return 0;
+    }
+    if (p->native_state[0]) {
+        run_set_text(m->ws->st, m->id, "native_state", p->native_state, &err);
+        json_object_set_new(m->row, "native_state", json_string(p->native_state));
+    }
+    m->polled = 0;
+    return 1;
+}
+
 /* Until an ending.  Not bounded by a count: a run may legitimately last for days; it is
  * bounded by the backend's ending, the timeout and the NotResponding limit. */
 static void poll_loop(mon *m, ending *e)
@@ -382,7 +425,7 @@ static void poll_loop(mon *m, ending *e)
         }
         mon_read_logs(m);
         mon_read_metrics(m);
-        if (apply_poll(m, &p, e))
+        if (apply_poll(m, &p, e) && !restart(m, &p, e))
             return;
         long spent = (long)((time_mono_ns() - t0) / 1000000);
         if (m->state == before && spent < m->poll_ms)

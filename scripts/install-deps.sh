@@ -8,6 +8,10 @@ pkgs="build-essential autoconf automake libtool pkg-config
       libcunit1-dev python3 openssl binutils git
       libssh2-1-dev openssh-server openssh-client
       clang libclang-rt-14-dev"
+# Azure emulators' tests (Azurite and the official SDK run on node, installed with npm ci);
+# a node that came some other way, with its own npm, is used as it is
+command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
+command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
 missing=""
 # the Debian packaging check (tests/packaging/check.sh)
 pkgs="$pkgs dpkg-dev debhelper lintian"

@@ -276,6 +276,12 @@ typedef struct ctarget_run_poll {
     int exit_code;
     int term_signal;         /* nonzero when killed by a signal */
     char reason[512];        /* failure reason in words when FAILED */
+    /* appended (ABI 1.0 grows by appending; the core zeroes the struct before each poll, so
+     * a plugin built without this field reports 0): */
+    int restartable;         /* with FAILED: the run was lost through no fault of the script
+                                (a low-priority node preempted); the core's retry policy may
+                                start it again as a new attempt: submit() once more with
+                                run->attempt + 1, then polls as before */
 } ctarget_run_poll;
 
 /* ---------------------------------------------------------------------------------------- */
