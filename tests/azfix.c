@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -39,8 +40,8 @@ static char *xasprintf(const char *fmt, ...)
 
 static void stop_all(void)
 {
-    for (size_t i = 0; i < n_fixtures; i++)
-        azfix_stop(fixtures[i]);
+    while (n_fixtures)
+        azfix_stop(fixtures[n_fixtures - 1]);
     free(fixtures);
     fixtures = NULL;
     n_fixtures = 0;
@@ -83,6 +84,11 @@ static pid_t spawn(const char *const argv[], const char *log, const char *const 
         dup2(fd, 1);
         dup2(fd, 2);
         setpgid(0, 0);
+        /* a test that dies without its at-exit handlers (an abort, a sanitizer stop) must not
+         * leave the emulator or Azurite running: they get TERM when the test goes away */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() == 1)
+            _exit(125);
         for (size_t i = 0; env && env[i]; i++)
             putenv((char *)env[i]);
         execvp(argv[0], (char *const *)argv);
@@ -343,6 +349,13 @@ int azfix_start(azfix *fx, const azfix_opts *opts)
 
 void azfix_stop(azfix *fx)
 {
+    /* a stopped fixture leaves the at-exit list: it may live in a test function's frame,
+     * which is gone by the time stop_all runs */
+    for (size_t i = 0; i < n_fixtures; i++)
+        if (fixtures[i] == fx) {
+            fixtures[i] = fixtures[--n_fixtures];
+            break;
+        }
     if (!fx->running)
         return;
     stop_pid(&fx->emu_pid);
