@@ -5,7 +5,8 @@ set -eu
 pkgs="build-essential autoconf automake libtool pkg-config
       libsqlite3-dev libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev
       libcunit1-dev python3 openssl binutils git
-      libssh2-1-dev openssh-server openssh-client"
+      libssh2-1-dev openssh-server openssh-client
+      slurm-wlm munge iproute2"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

@@ -276,6 +276,11 @@ typedef struct ctarget_run_poll {
     int exit_code;
     int term_signal;         /* nonzero when killed by a signal */
     char reason[512];        /* failure reason in words when FAILED */
+    /* Appended after 1.0 (a plugin writes it only when struct_size covers it): the attempt
+     * the backend is on, 1 for the first; a backend that restarts a run itself (a Slurm
+     * requeue after preemption or a node failure) reports each restart as the next attempt.
+     * 0: not reported (the core keeps its own count). */
+    int attempt;
 } ctarget_run_poll;
 
 /* ---------------------------------------------------------------------------------------- */
