@@ -314,11 +314,34 @@ static ctarget_status from_exit_file(ctarget_call *c, ctarget_target *t,
     return CTARGET_OK;
 }
 
+static ctarget_status job_poll(void *p, ctarget_call *c, ctarget_target *t,
+                               const ctarget_run_info *run, ctarget_run_poll *o,
+                               ctarget_error *err);
+
+static int terminal(ctarget_run_state s)
+{
+    return s == CTARGET_RUN_COMPLETED || s == CTARGET_RUN_FAILED || s == CTARGET_RUN_CANCELED;
+}
+
 static ctarget_status sl_poll(void *p, ctarget_call *c, ctarget_target *t,
                               const ctarget_run_info *run, long wait_ms, ctarget_run_poll *o,
                               ctarget_error *err)
 {
     (void)wait_ms; /* the core sleeps between polls */
+    ctarget_status rc = job_poll(p, c, t, run, o, err);
+    if (rc == CTARGET_OK && sl_remote(t) && terminal(o->state)) {
+        /* the job has ended: its last bytes were written after the refresh above, and the
+         * core reads the logs once more from where it is, so fetch up to the end now */
+        ctarget_run_poll scratch = {.struct_size = sizeof scratch};
+        rc = rv_run_ops.poll(p, c, t, run, 0, &scratch, err);
+    }
+    return rc;
+}
+
+static ctarget_status job_poll(void *p, ctarget_call *c, ctarget_target *t,
+                               const ctarget_run_info *run, ctarget_run_poll *o,
+                               ctarget_error *err)
+{
     const ctarget_host *h = SL_H;
     long long id = job_id(run);
     if (!id) {
