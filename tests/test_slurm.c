@@ -729,7 +729,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t06_monitor_killed);
     TL_ADD(s, t07_preempted_requeued);
     TL_ADD(s, t08_login_node_ssh);
-    (void)t09_hundred_concurrent;
+    TL_ADD(s, t09_hundred_concurrent);
 }
 
 int main(int argc, char **argv)
