@@ -16,7 +16,9 @@
 # Partitions: `debug` (default, PriorityTier 1) and `high` (PriorityTier 10); a job in
 # `high` preempts one in `debug`, which is requeued (PreemptMode=REQUEUE).  Accounting is
 # off (no slurmdbd, no database): sacct answers "accounting storage is disabled", and
-# finished jobs stay visible to `scontrol show job` for MinJobAge (600 s).
+# finished jobs stay visible to `scontrol show job` for MinJobAge (600 s).  Jobs are
+# scheduled as soon as they are submitted (batch_sched_delay=0; Slurm's default of 3 s lets
+# it batch the scheduling of many submissions).
 # Every wait is bounded.  Logs: DIR/slurmctld.log, DIR/slurmd.log, DIR/munged.log.
 set -eu
 
@@ -56,6 +58,7 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0
 MinJobAge=600
 MaxJobCount=20000
 KillWait=5
