@@ -303,9 +303,10 @@ static ctarget_status ssh_cmd(ctarget_call *c, ctarget_target *t, const char *co
         } else if (ex) {
             rv_exec_abort(ex);
         }
-        /* a channel that broke on a connection the server dropped: once more on a new one
-         * (callers whose command must not run twice check before they repeat it) */
-        if (rc == CTARGET_OK || !err->transient)
+        /* a channel that broke on a connection the server dropped: once more on a new one;
+         * never sbatch, which may have submitted the job before the connection broke (the
+         * run's next submit finds that job by its name instead of starting another) */
+        if (rc == CTARGET_OK || !err->transient || !strcmp(argv[0], "sbatch"))
             break;
         rv_conn_drop(h, t);
     }

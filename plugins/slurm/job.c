@@ -136,6 +136,21 @@ static ctarget_status sl_submit(void *p, ctarget_call *c, ctarget_target *t,
                     script, strlen(script), &o, err);
         free(script);
         sl_strv_free(&argv);
+        if (rc != CTARGET_OK && err->transient) {
+            /* the connection broke around sbatch: the job may exist; its name says */
+            ctarget_error e2 = {.struct_size = sizeof e2};
+            ctarget_status rc2;
+            long long found = find_job(c, t, run, &e2, &rc2);
+            if (rc2 == CTARGET_OK && found) {
+                h->log(c, CTARGET_LOG_WARN, "%s; Slurm job %lld was submitted all the same",
+                       err->message, found);
+                sl_out_free(&o);
+                o.out.data = NULL;
+                id = found;
+                rc = CTARGET_OK;
+                goto record;
+            }
+        }
         if (rc == CTARGET_OK && o.status != 0)
             rc = cmd_failed(t, "sbatch", &o, err);
         if (rc == CTARGET_OK) {
@@ -153,6 +168,7 @@ static ctarget_status sl_submit(void *p, ctarget_call *c, ctarget_target *t,
             return rc;
         h->log(c, CTARGET_LOG_INFO, "submitted as Slurm job %lld", id);
     }
+record:
     if (run->handle) {
         h->obj_set_int(run->handle, "job_id", id);
         h->obj_set_str(run->handle, "mode", sl_remote(t) ? "login-node" : "local");
