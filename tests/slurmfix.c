@@ -77,3 +77,8 @@ int sx_stop(sx_slurm *s)
     s->running = 0;
     return rc;
 }
+
+int sx_forget(sx_slurm *s)
+{
+    return fixture("forget", s->dir);
+}

@@ -22,5 +22,7 @@ int sx_netns(char *why, size_t len);
 /* slurm.sh start DIR, then SLURM_CONF=DIR/slurm.conf in this process's environment. */
 int sx_start(sx_slurm *s, const char *dir);
 int sx_stop(sx_slurm *s);
+/* slurm.sh forget DIR: slurmctld restarted with its state cleared (every job forgotten). */
+int sx_forget(sx_slurm *s);
 
 #endif

@@ -595,6 +595,61 @@ static void t08_login_node_ssh(void)
     free(ws);
 }
 
+/* ---- 10. the controller forgot the job: the script's own record decides ------------------- */
+
+static const char FORGOT_PY[] =
+    "import os, sys, time\n"
+    "print('before', flush=True)\n"
+    "t0 = time.time()\n"
+    "while not os.path.exists(sys.argv[1]) and time.time() - t0 < 300:\n"
+    "    time.sleep(0.05)\n"
+    "print('after', flush=True)\n"
+    "sys.exit(5)\n";
+
+/* The job ends while no monitor watches, then slurmctld loses its state (restarted with -c:
+ * every job forgotten).  scontrol no longer knows the job, sacct
+ * has no accounting here, so the new monitor takes the exit status the batch script recorded
+ * in the run directory: Failed with exit code 5, the log byte for byte. */
+static void t10_controller_forgot_job(void)
+{
+    NEED_SLURM();
+    char *src = source("forgot.py", FORGOT_PY);
+    char *gate_dir = tl_tmpdir("gate");
+    char *gate = tl_path(gate_dir, "go");
+    char *id = submit_id(WS, "slc", src, "forgot.py", NULL, A(gate));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT(rl_wait_for(WS, id, "Running", 60000));
+    json_t *j = rl_show(WS, id);
+    long pid = (long)json_integer_value(json_object_get(json_object_get(j, "monitor"), "pid"));
+    CU_ASSERT(job_of(j) > 0);
+    json_decref(j);
+    CU_ASSERT_FATAL(pid > 1);
+    CU_ASSERT_EQUAL(kill((pid_t)pid, SIGKILL), 0);
+    for (int i = 0; i < 200 && kill((pid_t)pid, 0) == 0; i++)
+        rl_sleep_ms(10);
+    CU_ASSERT_EQUAL(tl_write_file(gate, "go"), 0);
+    char *rd = fmt("%s/.ctarget/runs/%s/slurm_exit", HOME_DIR, id);
+    for (int i = 0; i < 1200 && access(rd, F_OK) != 0; i++)
+        rl_sleep_ms(50);
+    CU_ASSERT_FATAL(access(rd, F_OK) == 0);
+    rl_sleep_ms(200); /* the job's end reaches the controller */
+    CU_ASSERT_FATAL(sx_forget(&X) == 0);
+    j = wait_show(WS, id, 120);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "exit_code")), 5);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "native_state"), "FAILED");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "recorded by the batch script"));
+    json_decref(j);
+    char *log = run_logs(WS, id);
+    CU_ASSERT(log && !strcmp(log, "before\nafter\n"));
+    free(log);
+    free(rd);
+    free(id);
+    free(gate);
+    free(gate_dir);
+    free(src);
+}
+
 /* ---- 9. 100 concurrent submissions ----------------------------------------------------------- */
 
 #define N_CONC 100
@@ -729,6 +784,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t06_monitor_killed);
     TL_ADD(s, t07_preempted_requeued);
     TL_ADD(s, t08_login_node_ssh);
+    TL_ADD(s, t10_controller_forgot_job);
     TL_ADD(s, t09_hundred_concurrent);
 }
 

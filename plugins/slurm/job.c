@@ -268,24 +268,33 @@ static void parse_exit(const char *s, int *code, int *sig)
     }
 }
 
-static ctarget_status from_sacct(ctarget_call *c, ctarget_target *t, long long id,
-                                 int canceled, ctarget_run_poll *o, int *found,
-                                 ctarget_error *err)
+static ctarget_status from_sacct(ctarget_call *c, ctarget_target *t,
+                                 const ctarget_run_info *run, long long id, int canceled,
+                                 ctarget_run_poll *o, int *found, ctarget_error *err)
 {
-    char ids[32];
+    char ids[32], want[200];
     snprintf(ids, sizeof ids, "%lld", id);
-    const char *argv[] = {"sacct", "-n", "-P", "-X", "-j", ids, "-o", "State,ExitCode", NULL};
+    snprintf(want, sizeof want, "ctarget-%s", run->id);
+    const char *argv[] = {"sacct", "-n", "-P", "-X", "-j", ids, "-o", "State,ExitCode,JobName",
+                          NULL};
     sl_out so;
     ctarget_status rc = sl_cmd(c, t, argv, NULL, NULL, 0, &so, err);
     *found = 0;
-    if (rc == CTARGET_OK && so.status == 0 && so.out.data && strchr(so.out.data, '|')) {
-        char line[256], st[64];
-        sl_first_line(so.out.data, line, sizeof line);
-        char *bar = strchr(line, '|');
-        *bar = '\0';
+    /* one line per job that had this id (ids restart when a controller loses its state):
+     * the last one named after this run */
+    for (char *save = NULL, *line = rc == CTARGET_OK && so.status == 0 && so.out.data
+                                        ? strtok_r(so.out.data, "\n", &save) : NULL;
+         line; line = strtok_r(NULL, "\n", &save)) {
+        char *b1 = strchr(line, '|');
+        char *b2 = b1 ? strchr(b1 + 1, '|') : NULL;
+        if (!b2 || strcmp(b2 + 1, want))
+            continue;
+        *b1 = *b2 = '\0';
+        char st[64] = "";
         sscanf(line, "%63s", st);
         int code, sig;
-        parse_exit(bar + 1, &code, &sig);
+        parse_exit(b1 + 1, &code, &sig);
+        memset(o->reason, 0, sizeof o->reason);
         map_state(st, NULL, code, sig, canceled, id, o);
         *found = 1;
     }
@@ -318,8 +327,10 @@ static ctarget_status from_exit_file(ctarget_call *c, ctarget_target *t,
     int restarts = 0, code = -1;
     if (line[0] && sscanf(line, "%lld %d %d", &jid, &restarts, &code) == 3 && jid == id) {
         map_state(code == 0 ? "COMPLETED" : "FAILED", NULL, code, 0, canceled, id, o);
-        snprintf(o->native_state, sizeof o->native_state, "%s", code == 0 ? "COMPLETED"
-                                                                          : "FAILED");
+        if (o->state == CTARGET_RUN_FAILED)
+            snprintf(o->reason, sizeof o->reason, "exit code %d (recorded by the batch script: "
+                     "the Slurm controller no longer knows job %lld and sacct has no record)",
+                     code, id);
         return CTARGET_OK;
     }
     set(o, canceled ? CTARGET_RUN_CANCELED : CTARGET_RUN_NOT_RESPONDING, "UNKNOWN");
@@ -388,7 +399,13 @@ static ctarget_status job_poll(void *p, ctarget_call *c, ctarget_target *t,
     }
     const char *text = so.out.data ? so.out.data : "";
     char st[64] = "", reason[128] = "", ec[32] = "", rs[16] = "";
-    if (so.status == 0 && field(text, "JobState", st, sizeof st)) {
+    /* a controller that lost its state numbers jobs from 1 again: a job with this id but
+     * another name is not this run's */
+    char jname[200] = "", want[200];
+    snprintf(want, sizeof want, "ctarget-%s", run->id);
+    int mine = so.status == 0 && field(text, "JobName", jname, sizeof jname) &&
+               !strcmp(jname, want);
+    if (mine && field(text, "JobState", st, sizeof st)) {
         field(text, "Reason", reason, sizeof reason);
         field(text, "ExitCode", ec, sizeof ec);
         field(text, "Restarts", rs, sizeof rs);
@@ -414,7 +431,7 @@ static ctarget_status job_poll(void *p, ctarget_call *c, ctarget_target *t,
         sl_out_free(&so);
         return CTARGET_OK;
     }
-    int gone = strstr(so.err, "Invalid job id") != NULL;
+    int gone = strstr(so.err, "Invalid job id") != NULL || (so.status == 0 && !mine);
     if (!gone) {
         rc = cmd_failed(t, "scontrol show job", &so, err);
         err->transient = 1; /* a controller restarting, say: the core polls again */
@@ -423,7 +440,7 @@ static ctarget_status job_poll(void *p, ctarget_call *c, ctarget_target *t,
     }
     sl_out_free(&so);
     int found = 0;
-    rc = from_sacct(c, t, id, canceled, o, &found, err);
+    rc = from_sacct(c, t, run, id, canceled, o, &found, err);
     if (rc != CTARGET_OK || found)
         return rc;
     return from_exit_file(c, t, run, id, canceled, o, err);

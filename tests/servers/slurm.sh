@@ -6,6 +6,8 @@
 #                        DIR/slurm.conf (export SLURM_CONF=DIR/slurm.conf to use it) and the
 #                        daemons' PIDs in DIR/pids; waits until the node takes jobs
 #   slurm.sh stop DIR    stops the daemons by the PIDs recorded in DIR/pids
+#   slurm.sh forget DIR  restarts slurmctld with its state cleared (-c): the controller
+#                        forgets every job, as one that lost its StateSaveLocation would
 #
 # The daemons cannot be told which address to bind: slurmctld and slurmd listen on every
 # interface.  So `start` refuses to run outside a private network namespace (one where only
@@ -24,7 +26,7 @@ set -eu
 
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: slurm.sh start|stop DIR" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: slurm.sh start|stop|forget DIR" >&2; exit 2; }
 
 private_netns() {
     # only "lo" may exist here
@@ -107,6 +109,10 @@ start() {
     wait_pidfile "$dir/slurmctld.pid" slurmctld
     slurmd -f "$SLURM_CONF"
     wait_pidfile "$dir/slurmd.pid" slurmd
+    wait_idle
+}
+
+wait_idle() {
     i=0
     while [ $i -lt 300 ]; do
         st=$(sinfo -h -n "$(hostname -s)" -o '%T' 2>/dev/null | head -n1 || true)
@@ -116,6 +122,22 @@ start() {
     done
     echo "slurm.sh: the node did not become idle within 30 s (state '${st:-}'; see $dir/slurmctld.log)" >&2
     exit 1
+}
+
+forget() {
+    export PATH="$PATH:/usr/sbin:/sbin"
+    export SLURM_CONF="$dir/slurm.conf"
+    old=$(cat "$dir/slurmctld.pid")
+    kill -TERM "$old"
+    i=0
+    while kill -0 "$old" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+    kill -KILL "$old" 2>/dev/null || true
+    grep -vx "$old" "$dir/pids" > "$dir/pids.new" || true
+    mv "$dir/pids.new" "$dir/pids"
+    rm -f "$dir/slurmctld.pid"
+    slurmctld -c -f "$SLURM_CONF"
+    wait_pidfile "$dir/slurmctld.pid" slurmctld
+    wait_idle
 }
 
 stop() {
@@ -137,5 +159,6 @@ stop() {
 case "$cmd" in
 start) start ;;
 stop) stop ;;
-*) echo "usage: slurm.sh start|stop DIR" >&2; exit 2 ;;
+forget) forget ;;
+*) echo "usage: slurm.sh start|stop|forget DIR" >&2; exit 2 ;;
 esac
