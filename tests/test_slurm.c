@@ -650,6 +650,42 @@ static void t10_controller_forgot_job(void)
     free(src);
 }
 
+/* ---- 11. a pip environment in local mode ------------------------------------------------- */
+
+/* Built by remotevm's agent run as a local process, cached in remote_root/envs by the file's
+ * hash: the job runs the environment's interpreter, and a second run reuses it. */
+static void t11_local_pip_env(void)
+{
+    NEED_SLURM();
+    char *src = source("env.py", "import sys\nprint('prefix', sys.prefix)\n");
+    char *reqdir = tl_tmpdir("req");
+    char *req = tl_path(reqdir, "requirements.txt");
+    CU_ASSERT_EQUAL(tl_write_file(req, "# nothing to install: a venv offline\n"), 0);
+    char *envs = fmt("%s/.ctarget/envs/", HOME_DIR);
+    char *ids[2] = {0};
+    for (int k = 0; k < 2; k++) {
+        ids[k] = submit_id(WS, "slc", src, "env.py", A("--requirements", req), NULL);
+        CU_ASSERT_FATAL(ids[k] != NULL);
+        json_t *j = wait_show(WS, ids[k], 180);
+        CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+        CU_ASSERT(tl_contains(jstr(json_object_get(j, "handle"), "python"), envs));
+        json_decref(j);
+        char *log = run_logs(WS, ids[k]);
+        char *want = fmt("prefix %s", envs);
+        CU_ASSERT(log && tl_contains(log, want));
+        /* built once, then reused */
+        CU_ASSERT(log && tl_contains(log, "[ctarget] building environment") == (k == 0));
+        free(want);
+        free(log);
+    }
+    free(ids[0]);
+    free(ids[1]);
+    free(envs);
+    free(req);
+    free(reqdir);
+    free(src);
+}
+
 /* ---- 9. 100 concurrent submissions ----------------------------------------------------------- */
 
 #define N_CONC 100
@@ -785,6 +821,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t07_preempted_requeued);
     TL_ADD(s, t08_login_node_ssh);
     TL_ADD(s, t10_controller_forgot_job);
+    TL_ADD(s, t11_local_pip_env);
     TL_ADD(s, t09_hundred_concurrent);
 }
 

@@ -280,3 +280,114 @@ int sl_local_exit_file(ctarget_target *t, const char *run_id, char *buf, size_t 
     fclose(f);
     return ok ? 0 : -1;
 }
+
+/* ---- environments: remotevm's agent as a local process ------------------------------------ */
+
+static char *local_root(ctarget_target *t)
+{
+    const char *root = SL_H->config_get0(t, "remote_root");
+    if (!root || !*root)
+        root = "~/.ctarget";
+    const char *home = "";
+    if (!strncmp(root, "~/", 2)) {
+        home = getenv("HOME");
+        if (!home || !*home)
+            home = "/";
+        root++;
+    }
+    char *p = NULL;
+    return asprintf(&p, "%s%s", home, root) < 0 ? NULL : p;
+}
+
+/* <root>/bin/ctarget_agent_<hash>.py, written once per agent version (tmp + rename) */
+static char *install_agent(const char *root, ctarget_error *err)
+{
+    char *bin = NULL, *path = NULL, *tmp = NULL;
+    if (asprintf(&bin, "%s/bin", root) < 0 ||
+        asprintf(&path, "%s/ctarget_agent_%s.py", bin, rv_agent_version()) < 0 ||
+        asprintf(&tmp, "%s.tmp%d", path, (int)getpid()) < 0) {
+        free(bin);
+        free(path);
+        SL_H->error_set(err, CTARGET_E_NOMEM, 0, 0, "out of memory");
+        return NULL;
+    }
+    if (access(path, R_OK) != 0) {
+        const char *src = rv_agent_source();
+        FILE *f = mkdirs(bin, 0700) == 0 ? fopen(tmp, "we") : NULL;
+        int bad = !f || fputs(src, f) < 0;
+        if (f)
+            bad |= fclose(f) != 0;
+        if (bad || rename(tmp, path) != 0) {
+            SL_H->error_set(err, CTARGET_E_IO, 0, errno, "cannot install ctarget's agent as "
+                            "%s: %s", path, strerror(errno));
+            remove(tmp);
+            free(path);
+            path = NULL;
+        }
+    }
+    free(bin);
+    free(tmp);
+    return path;
+}
+
+ctarget_status sl_local_env(ctarget_call *c, ctarget_target *t, const ctarget_run_info *run,
+                            const char *python, ctarget_error *err)
+{
+    const ctarget_host *h = SL_H;
+    rv_buf text = {0};
+    FILE *f = run->env_file ? fopen(run->env_file, "re") : NULL;
+    if (!f) {
+        h->error_set(err, CTARGET_E_IO, 0, errno, "cannot read the environment file %s",
+                     run->env_file ? run->env_file : "(none given)");
+        return CTARGET_E_IO;
+    }
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        rv_buf_add(&text, buf, n);
+    fclose(f);
+    char *root = local_root(t);
+    char *agent = root ? install_agent(root, err) : NULL;
+    if (!agent) {
+        free(root);
+        rv_buf_free(&text);
+        return root ? err->code : CTARGET_E_NOMEM;
+    }
+    h->progress(c, "building the environment", 0, 0);
+    const char *argv[] = {"python3", "-S", agent, root, rv_agent_version(), "env", run->id,
+                          run->env_kind == CTARGET_ENV_PIP ? "pip" : "conda",
+                          run->env_hash ? run->env_hash : "nohash", python, NULL};
+    sl_out o;
+    ctarget_status rc = sl_cmd(c, t, argv, NULL, text.data ? text.data : "", text.len, &o, err);
+    rv_buf_free(&text);
+    if (rc == CTARGET_OK && o.status != 0) {
+        char line[600];
+        sl_first_line(o.err, line, sizeof line);
+        h->error_set(err, CTARGET_E_FAILED, 0, 0, "%s", line[0] ? line : "the agent failed");
+        rc = CTARGET_E_FAILED;
+    }
+    /* {"python": "<root>/envs/<hash>/bin/python"} */
+    const char *key = "\"python\": \"";
+    const char *p = rc == CTARGET_OK && o.out.data ? strstr(o.out.data, key) : NULL;
+    if (rc == CTARGET_OK) {
+        char py[4096] = "";
+        if (p) {
+            p += strlen(key);
+            size_t k = strcspn(p, "\"\\");
+            if (k < sizeof py && p[k] == '"') {
+                memcpy(py, p, k);
+                py[k] = '\0';
+            }
+        }
+        if (!py[0]) {
+            h->error_set(err, CTARGET_E_FAILED, 0, 0, "the agent built no environment");
+            rc = CTARGET_E_FAILED;
+        } else if (run->handle) {
+            h->obj_set_str(run->handle, "python", py);
+        }
+    }
+    sl_out_free(&o);
+    free(agent);
+    free(root);
+    return rc;
+}

@@ -69,14 +69,13 @@ static ctarget_status sl_prepare(void *p, ctarget_call *c, ctarget_target *t,
     }
     if (sl_remote(t))
         return rv_run_ops.prepare(p, c, t, run, err); /* ship, materialize, environment */
-    if (run->env_kind != CTARGET_ENV_USER) {
-        h->error_set(err, CTARGET_E_UNSUPPORTED, 0, 0,
-                     "pip and conda environments on slurm targets are built by the login "
-                     "node's agent: attach the cluster through its login node (--set "
-                     "address=HOST) or use a user-managed environment (--python PATH)");
-        return CTARGET_E_UNSUPPORTED;
-    }
-    return sl_local_prepare(c, t, run, err);
+    ctarget_status rc = sl_local_prepare(c, t, run, err);
+    if (rc != CTARGET_OK || run->env_kind == CTARGET_ENV_USER)
+        return rc;
+    /* the same agent as on a login node, as a local process: the environment is cached in
+     * remote_root/envs, which the compute nodes see */
+    const char *python = run->python && *run->python ? run->python : h->config_get0(t, "python");
+    return sl_local_env(c, t, run, python && *python ? python : "python3", err);
 }
 
 /* ---- submit ------------------------------------------------------------------------------- */

@@ -87,6 +87,10 @@ ctarget_status sl_local_outputs(ctarget_target *t, const ctarget_run_info *run,
                                 const char *dest_dir, ctarget_error *err);
 ctarget_status sl_local_cleanup(ctarget_target *t, const ctarget_run_info *run,
                                 ctarget_error *err);
+/* a pip or conda environment built by remotevm's agent run as a local process (cached in
+ * <remote_root>/envs/<hash>); its interpreter goes into the handle as "python" */
+ctarget_status sl_local_env(ctarget_call *c, ctarget_target *t, const ctarget_run_info *run,
+                            const char *python, ctarget_error *err);
 /* the exit status the batch script recorded ("JOBID RESTARTS CODE"); 0 when found */
 int sl_local_exit_file(ctarget_target *t, const char *run_id, char *buf, size_t len);
 
