@@ -386,7 +386,19 @@ static void t_cancel_grace(void)
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "cancel_grace_seconds")), 1);
     json_decref(j);
     CU_ASSERT(rl_wait_for(ws, id, "Running", 10000));
-    rl_sleep_ms(300); /* let the script install its handler */
+    /* the script prints "up" once its handler is installed: wait for that, not for a fixed
+     * time (a loaded machine starts Python in more than 300 ms) */
+    char *std = rl_run_file(ws, id, "std_log.txt");
+    int up = 0;
+    for (int i = 0; i < 400 && !up; i++) {
+        char *t = tl_read_file(std);
+        up = t && tl_contains(t, "up\n");
+        free(t);
+        if (!up)
+            rl_sleep_ms(25);
+    }
+    free(std);
+    CU_ASSERT(up);
     long long t0 = tl_now_ms();
     r = TL_CT(ws, "run", "cancel", id);
     TL_ASSERT_EXIT(r, 0);
