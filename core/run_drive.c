@@ -286,6 +286,16 @@ static void poll_ending(mon *m, const ctarget_run_poll *p, ending *e)
 static int apply_poll(mon *m, const ctarget_run_poll *p, ending *e)
 {
     ctarget_run_state ps = p->state;
+    json_int_t attempt = json_integer_value(json_object_get(m->row, "attempt"));
+    if (p->attempt > attempt && p->attempt < 1000000) {
+        /* the backend restarted the run itself (a requeue after preemption) */
+        ctarget_error aerr;
+        ctarget_error_init(&aerr);
+        if (run_set_int(m->ws->st, m->id, "attempt", p->attempt, &aerr) == CTARGET_OK) {
+            json_object_set_new(m->row, "attempt", json_integer(p->attempt));
+            m->ri.attempt = (int)p->attempt; /* the core's own retry counts on from here */
+        }
+    }
     if (rs_terminal(ps)) {
         poll_ending(m, p, e);
         return 1;

@@ -7,7 +7,8 @@ pkgs="build-essential autoconf automake libtool pkg-config
       libsqlite3-dev libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev
       libcunit1-dev python3 openssl binutils git
       libssh2-1-dev openssh-server openssh-client
-      clang libclang-rt-14-dev"
+      clang libclang-rt-14-dev
+      slurm-wlm munge iproute2"
 # Azure emulators' tests (Azurite and the official SDK run on node, installed with npm ci);
 # a node that came some other way, with its own npm, is used as it is
 command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"

@@ -282,6 +282,11 @@ typedef struct ctarget_run_poll {
                                 (a low-priority node preempted); the core's retry policy may
                                 start it again as a new attempt: submit() once more with
                                 run->attempt + 1, then polls as before */
+    /* also appended after 1.0 (a plugin writes it only when struct_size covers it): the attempt
+     * the backend is on, 1 for the first; a backend that restarts a run itself (a Slurm
+     * requeue after preemption or a node failure) reports each restart as the next attempt.
+     * 0: not reported (the core keeps its own count). */
+    int attempt;
 } ctarget_run_poll;
 
 /* ---------------------------------------------------------------------------------------- */

@@ -50,6 +50,16 @@ static const char *agent_hash(void)
     return hex;
 }
 
+const char *rv_agent_source(void)
+{
+    return (const char *)rv_agent_src;
+}
+
+const char *rv_agent_version(void)
+{
+    return agent_hash();
+}
+
 /* The interpreter that runs the agent: python3 as the login shell finds it, or the absolute
  * path `facts` reported (kept in the target's state directory). */
 static char *python_file(const ctarget_host *h, const ctarget_target *t)

@@ -91,6 +91,11 @@ ctarget_status rv_agent_stream(const ctarget_host *h, ctarget_call *c, ctarget_t
                                void *produce_arg, rv_buf *out, int *exit_status,
                                ctarget_error *err);
 
+/* The agent's source text and the hash that names its version (the slurm plugin, which
+ * compiles these sources in, runs the agent as a local process in its local mode). */
+const char *rv_agent_source(void);
+const char *rv_agent_version(void);
+
 /* Remember the machine's python3 (an absolute path from `facts`) for this target. */
 void rv_remember_python(const ctarget_host *h, const ctarget_target *t, const char *path);
 

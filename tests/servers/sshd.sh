@@ -9,6 +9,7 @@
 #   sshd.sh stop DIR           stops that sshd and its connections, by the PIDs it recorded
 #   sshd.sh restart DIR        stop, then start again on the same port with the same host key
 #   sshd.sh rekey DIR          new host key (a "changed host key"), then restart
+#   SSHD_SETENV="NAME=value"   (optional) a variable every session gets (sshd's SetEnv)
 #
 # Every wait is bounded.  The server logs to DIR/sshd.log.
 set -eu
@@ -75,6 +76,8 @@ MaxSessions 100
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
 EOF
+    # SSHD_SETENV="NAME=value ...": variables every session gets (test_slurm: SLURM_CONF)
+    if [ -n "${SSHD_SETENV:-}" ]; then echo "SetEnv $SSHD_SETENV" >> "$dir/sshd_config"; fi
 }
 
 known_hosts() {
