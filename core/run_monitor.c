@@ -260,6 +260,16 @@ ctarget_status ctarget_run_monitor(ctarget_ws *ws, const char *id_in, ctarget_er
         free(id);
         return err->code;
     }
+    /* started while another monitor was finishing the run (it held the lock then): nothing
+     * is left to do, and it must not count as a start */
+    const char *phase = mon_refresh(&m) == 0
+                            ? json_string_value(json_object_get(m.row, "phase")) : NULL;
+    if (rs_terminal(m.state) && phase && !strcmp(phase, "done")) {
+        json_decref(m.row);
+        close(m.lock_fd);
+        free(id);
+        return CTARGET_OK;
+    }
     record_monitor(&m);
     mon_refresh(&m);
     const char *kind = json_string_value(json_object_get(m.row, "kind"));

@@ -1,11 +1,16 @@
 #define _GNU_SOURCE
 #include "runlib.h"
 
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
+
+extern char **environ;
 
 void rl_sleep_ms(long ms)
 {
@@ -186,20 +191,52 @@ int rl_wait_log(const char *ws, const char *id, const char *needle, long timeout
 const char RL_TERM_WATCH_PY[] =
     "import os, signal, sys, time\n"
     "out = sys.argv[1]\n"
-    "r, w = os.pipe()\n"
-    "if os.fork() == 0:\n"
-    "    os.setsid()\n"
-    "    os.close(w)\n"
-    "    os.read(r, 1)  # end of file: the script is gone\n"
-    "    open(out + '.died', 'w').write(repr(time.monotonic()))\n"
-    "    os._exit(0)\n"
-    "os.close(r)\n"
     "def term(sig, frame):\n"
     "    open(out + '.term', 'w').write(repr(time.monotonic()))\n"
     "signal.signal(signal.SIGTERM, term)\n"
+    "open(out + '.pid', 'w').write(str(os.getpid()))\n"
     "print('up', flush=True)\n"
     "while True:\n"
     "    time.sleep(600)\n";
+
+static const char DEATH_WATCH_PY[] =
+    "import os, select, sys, time\n"
+    "out = sys.argv[1]\n"
+    "fd = os.pidfd_open(int(open(out + '.pid').read()))\n"
+    "open(out + '.watching', 'w').close()\n"
+    "select.select([fd], [], [])\n"
+    "open(out + '.died', 'w').write(repr(time.monotonic()))\n";
+
+static int exists_within(const char *path, int tries)
+{
+    struct stat st;
+    for (int i = 0; i < tries; i++, rl_sleep_ms(30))
+        if (stat(path, &st) == 0)
+            return 1;
+    return 0;
+}
+
+long rl_death_watch(const char *out)
+{
+    char *pidf = NULL, *watching = NULL;
+    if (asprintf(&pidf, "%s.pid", out) < 0 || asprintf(&watching, "%s.watching", out) < 0)
+        abort();
+    long pid = -1;
+    if (exists_within(pidf, 1000)) {
+        pid_t p;
+        char *argv[] = {(char *)"python3", (char *)"-c", (char *)DEATH_WATCH_PY, (char *)out,
+                        NULL};
+        if (posix_spawnp(&p, "python3", NULL, NULL, argv, environ) == 0)
+            pid = p;
+        if (pid > 0 && !exists_within(watching, 1000)) {
+            kill((pid_t)pid, SIGKILL);
+            waitpid((pid_t)pid, NULL, 0);
+            pid = -1;
+        }
+    }
+    free(pidf), free(watching);
+    return pid;
+}
 
 static double read_seconds(const char *path)
 {
@@ -209,14 +246,22 @@ static double read_seconds(const char *path)
     return v;
 }
 
-double rl_term_to_death(const char *out)
+double rl_term_to_death(const char *out, long watcher)
 {
+    if (watcher <= 0)
+        return -1;
+    int st = 0;
+    pid_t w = 0;
+    for (int i = 0; i < 2000 && (w = waitpid((pid_t)watcher, &st, WNOHANG)) == 0; i++)
+        rl_sleep_ms(30);
+    if (w == 0) {
+        kill((pid_t)watcher, SIGKILL);
+        waitpid((pid_t)watcher, NULL, 0);
+        return -1;
+    }
     char *term = NULL, *died = NULL;
     if (asprintf(&term, "%s.term", out) < 0 || asprintf(&died, "%s.died", out) < 0)
         abort();
-    struct stat st;
-    for (int i = 0; i < 1000 && stat(died, &st) != 0; i++)
-        rl_sleep_ms(30);
     double t = read_seconds(term), d = read_seconds(died);
     free(term), free(died);
     return t > 0 && d > 0 ? d - t : -1;

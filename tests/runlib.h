@@ -32,13 +32,17 @@ char *rl_run_file(const char *ws, const char *id, const char *name);
 /* The event "to" states in order, joined by ' ' (owned). */
 char *rl_events(json_t *run);
 void rl_sleep_ms(long ms);
-/* A Python script that ignores SIGTERM (prints 'up' once it does) and records, in
- * CLOCK_MONOTONIC seconds, when SIGTERM arrived (file ARGV1.term) and, from a watcher in
- * its own session (outside the run's process group), when the script died (ARGV1.died):
- * the grace a cancel gave it, measured where it happened, whatever the load on the test. */
+/* A Python script that survives SIGTERM (prints 'up' once its handler is set) and records,
+ * in CLOCK_MONOTONIC seconds, when SIGTERM arrived (file ARGV1.term); its pid is in
+ * ARGV1.pid.  With rl_death_watch: the grace a cancel gave it, measured where it happened,
+ * whatever the load on the test's own commands. */
 extern const char RL_TERM_WATCH_PY[];
-/* Seconds between the two (waits up to 30 s for the watcher), or -1. */
-double rl_term_to_death(const char *out);
+/* After 'up': start a watcher, a child of the test (nothing of the run: a target that kills
+ * what a run leaves cannot take it), that records when the script dies (ARGV1.died) through
+ * a pidfd; returns once it watches (a 30 s guard), its pid or -1. */
+long rl_death_watch(const char *out);
+/* Seconds from SIGTERM to death (waits for the watcher, a 60 s guard), or -1. */
+double rl_term_to_death(const char *out, long watcher);
 /* Open testrun gate `name` (see tests/plugins/testrun.c): create <ws>/runs/<id>/work/<name>. */
 void rl_gate(const char *ws, const char *id, const char *name);
 /* Wait (bounded by timeout_ms, a guard against hangs) until `run logs ID` contains needle. */

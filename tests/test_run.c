@@ -400,13 +400,15 @@ static void t_cancel_grace(void)
     CU_ASSERT(rl_wait_for(ws, id, "Running", 60000));
     /* the script prints 'up' after it ignores SIGTERM: cancel only then */
     CU_ASSERT(rl_wait_log(ws, id, "up\n", 60000));
+    long watcher = rl_death_watch(out);
+    CU_ASSERT(watcher > 0);
     r = TL_CT(ws, "run", "cancel", id);
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
     CU_ASSERT_EQUAL(rl_wait(ws, id), 130);
-    /* measured by the script: from SIGTERM to its death, the 1 s grace, not the default
+    /* measured at the script: from SIGTERM to its death, the 1 s grace, not the default
      * 10 s (the commands of the test do not count, however slow the machine is) */
-    double grace = rl_term_to_death(out);
+    double grace = rl_term_to_death(out, watcher);
     printf("SIGTERM to SIGKILL: %.3f s\n", grace);
     CU_ASSERT(grace >= 0.9);
     CU_ASSERT(grace < 5.0);

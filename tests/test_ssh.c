@@ -675,8 +675,8 @@ static void t11_cancel(void)
     const char *ws = run_ws();
     CU_ASSERT_FATAL(ws != NULL);
     char *marker = fmt("ctmark-cancel-%ld-%lld", (long)getpid(), tl_now_ms());
-    /* the script records SIGTERM and, from a watcher of its own, its death: the grace it
-     * got, measured on the machine (runlib.h); argv[1] doubles as the pgrep marker */
+    /* the script records SIGTERM, and a watcher of the test its death: the grace it got,
+     * measured on the machine (runlib.h); argv[1] doubles as the pgrep marker */
     char *src = source(RL_TERM_WATCH_PY);
     char *od = tl_tmpdir("sshgrace");
     chmod(od, 0755);
@@ -698,11 +698,13 @@ static void t11_cancel(void)
     }
     CU_ASSERT(started);
     CU_ASSERT_EQUAL(pgrep(marker), 0);
+    long watcher = rl_death_watch(out);
+    CU_ASSERT(watcher > 0);
     r = TL_CT(ws, "run", "cancel", id);
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
     CU_ASSERT_EQUAL(wait_run(ws, id, 60), 130);
-    double grace = rl_term_to_death(out);
+    double grace = rl_term_to_death(out, watcher);
     printf("cancel: SIGTERM to SIGKILL on the machine %.3f s\n", grace);
     CU_ASSERT(grace >= 0.9); /* TERM was survived: the 1 s grace was waited on the machine */
     CU_ASSERT(grace < 5.0);  /* and not the default 10 s */

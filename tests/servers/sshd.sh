@@ -43,10 +43,17 @@ keys() {
     chmod 600 "$dir/authorized_keys"
 }
 
+# One throwaway account per fixture directory: with one shared name, a fixture started by
+# a parallel test run (another checkout on the machine) set its own password on it and
+# this one's logins were rejected.  Removed by `stop` (not by restart or rekey).
+fixture_user() {
+    echo "ctt$(printf '%s' "$dir" | sha256sum | cut -c1-12)"
+}
+
 password_user() {
     # only as root, and only a throwaway account made for this purpose
     [ "$(id -u)" = 0 ] || return 0
-    user=ctarget-test
+    user=$(fixture_user)
     if ! id "$user" >/dev/null 2>&1; then
         useradd -m -s /bin/sh "$user" >/dev/null 2>&1 || return 0
     fi
@@ -157,9 +164,18 @@ stop() {
     rm -f "$dir/pid" "$dir/sshd.pid"
 }
 
+remove_user() {
+    [ -f "$dir/password_user" ] || return 0
+    userdel -r "$(cat "$dir/password_user")" >/dev/null 2>&1 || true
+    rm -f "$dir/password_user"
+}
+
 case "$cmd" in
 start) start "${3:-}" ;;
-stop) stop ;;
+stop)
+    stop
+    remove_user
+    ;;
 restart)
     port=$(cat "$dir/port")
     stop
