@@ -143,8 +143,15 @@ int az_parse_aad_error(const char *body, size_t len, az_aad_error *out)
         json_int_t c = json_integer_value(json_array_get(codes, 0));
         if (c > 0 && c < 100000000)
             out->aadsts = (long)c;
-        else if (!strncmp(out->description, "AADSTS", 6))
-            out->aadsts = strtol(out->description + 6, NULL, 10);
+        else if (!strncmp(out->description, "AADSTS", 6)) {
+            /* AADSTS codes are digits only ("AADSTS7000215: ..."); strtol would also take a
+             * sign, blanks and more digits than a long holds (found by fuzz_azure) */
+            long v = 0;
+            const char *d = out->description + 6;
+            for (int i = 0; i < 9 && isdigit((unsigned char)d[i]); i++)
+                v = v * 10 + (d[i] - '0');
+            out->aadsts = v;
+        }
         rc = 0;
     }
     json_decref(j);
@@ -206,7 +213,12 @@ static int int_member(const json_t *o, const char *k, long long *v)
         return 0;
     }
     if (json_is_real(x)) {
-        *v = (long long)json_real_value(x);
+        /* a double beyond long long's range is undefined behaviour to convert (found by
+         * fuzz_azure): such a lifetime is no lifetime */
+        double d = json_real_value(x);
+        if (!(d > -9.2e18 && d < 9.2e18))
+            return -1;
+        *v = (long long)d;
         return 0;
     }
     const char *s = json_string_value(x);
