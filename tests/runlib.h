@@ -48,4 +48,16 @@ void rl_gate(const char *ws, const char *id, const char *name);
 /* Wait (bounded by timeout_ms, a guard against hangs) until `run logs ID` contains needle. */
 int rl_wait_log(const char *ws, const char *id, const char *needle, long timeout_ms);
 
+/* Sweeps.  env: "NAME=value" strings for the command (and so the sweep's driver and its
+ * children's monitors), NULL-terminated or NULL.
+ * `sweep submit --config FILE -o json`: the sweep id (owned), or NULL with a CUnit failure. */
+char *rl_sweep_submit(const char *ws, const char *file, const char *const env[]);
+/* `sweep wait ID --timeout 120 -o json` (a guard), parsed; its exit must be expect_exit. */
+json_t *rl_sweep_wait(const char *ws, const char *id, int expect_exit, const char *const env[]);
+/* A 6-child random sweep (2 at once, bandit) on the attached target TARGET: it completes,
+ * every child reports, and the machine never sees more than 2 children at once (each child
+ * counts live marker files in a shared directory, so the target's runs must reach this
+ * machine's file system: remotevm on the loopback sshd, the emulated amlcompute). */
+void rl_sweep_concurrency_on(const char *ws, const char *target, const char *const env[]);
+
 #endif

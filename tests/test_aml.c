@@ -947,6 +947,17 @@ static void t14b_preempted_restarted(void)
 
 /* ---- 15. cancel ------------------------------------------------------------------------------ */
 
+/* A sweep on the cluster (amlcompute declares hyperparameter tuning): 6 children, 2 at once,
+ * each a real job of the emulator counting the children alive on this machine. */
+static void t15b_sweep_on_the_cluster(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && cluster_ok);
+    const char *env[] = {CA_ENV, "AZURE_CLIENT_SECRET=", "AZURE_CLIENT_ID=", "AZURE_TENANT_ID=",
+                         NULL};
+    rl_sweep_concurrency_on(ws, CLUSTER, env);
+}
+
 static void t15_cancel(void)
 {
     const char *ws = shared_ws();
@@ -1253,6 +1264,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t14_monitor_killed);
     TL_ADD(s, t14b_preempted_restarted);
     TL_ADD(s, t15_cancel);
+    TL_ADD(s, t15b_sweep_on_the_cluster);
     TL_ADD(s, t16_failed_exit_code);
     TL_ADD(s, t17_computeinstance);
     TL_ADD(s, t18_secrets_nowhere);

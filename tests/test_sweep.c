@@ -436,32 +436,9 @@ static char *sweep_file(const char *target, const char *body)
     return sweep_file_x(target, "", body);
 }
 
-/* sweep submit --config FILE -o json; the id (owned) or NULL. */
-static char *submit_sweep(const char *ws, const char *file, const char *const env[])
-{
-    tl_result r = tl_ctarget_run(ws, NULL, env, (const char *const[]){"sweep", "submit",
-                                 "--config", file, "-o", "json", NULL});
-    TL_ASSERT_EXIT(r, 0);
-    char *id = NULL;
-    if (r.status == 0) {
-        json_t *j = tl_json(&r);
-        const char *s = json_string_value(json_object_get(j, "id"));
-        id = s ? strdup(s) : NULL;
-        json_decref(j);
-    }
-    tl_result_free(&r);
-    return id;
-}
-
-/* sweep wait ID -o json (bounded), parsed. */
-static json_t *wait_sweep(const char *ws, const char *id, int expect_exit)
-{
-    tl_result r = TL_CT(ws, "sweep", "wait", id, "--timeout", "120", "-o", "json");
-    TL_ASSERT_EXIT(r, expect_exit);
-    json_t *j = r.out && *r.out ? tl_json(&r) : NULL;
-    tl_result_free(&r);
-    return j;
-}
+/* runlib's sweep helpers, under the names these tests use */
+#define submit_sweep rl_sweep_submit
+#define wait_sweep(ws, id, expect_exit) rl_sweep_wait(ws, id, expect_exit, NULL)
 
 /* The child with this index in a sweep's show output. */
 static json_t *child_at(json_t *sweep, long long idx)
@@ -996,89 +973,6 @@ static void t_bayesian_sweep_runs_to_the_end(void)
 /* ---- remotevm: a real sshd; concurrency sampled on the machine itself -------------------------- */
 
 #ifdef SWEEP_TEST_REMOTEVM
-/* Each child counts the children alive on the machine (a marker file each in a shared
- * directory, removed when it ends or is canceled) three times, appending the counts to
- * samples. */
-static const char CONCURRENT_PY[] =
-    "import json, os, signal, sys, time\n"
-    "d = os.environ['SWEEP_DIR']\n"
-    "me = os.path.join(d, 'live', os.environ['CTARGET_RUN_ID'])\n"
-    "def stop(*a):\n"
-    "    os.remove(me)\n"
-    "    os._exit(143)\n"
-    "signal.signal(signal.SIGTERM, stop)\n"
-    "open(me, 'w').close()\n"
-    "lr = float(sys.argv[sys.argv.index('--lr') + 1])\n"
-    "with open(os.path.join(d, 'samples'), 'a') as f:\n"
-    "    for k in range(3):\n"
-    "        f.write('%d\\n' % len(os.listdir(os.path.join(d, 'live'))))\n"
-    "        f.flush()\n"
-    "        with open(os.environ['CTARGET_METRICS_FILE'], 'a') as m:\n"
-    "            m.write(json.dumps({'name': 'acc', 'value': 1 - abs(lr - 0.01) * 10 + k * 0.01}) + '\\n')\n"
-    "        time.sleep(0.15)\n"
-    "os.remove(me)\n";
-
-/* A 6-child random sweep (2 at once, bandit) on the attached target: it completes, every
- * child reports, and the machine never sees more than 2 children at once.  Any target
- * type with the hyperparameter-tuning capability whose runs reach this machine's
- * filesystem (remotevm on the loopback sshd; the emulated amlcompute runs its jobs as
- * local processes) can be checked with it. */
-static void sweep_concurrency_on(const char *ws, const char *target)
-{
-    char *shared = tl_tmpdir("sweepshared");
-    char *live = tl_path(shared, "live");
-    char *cmd = fmt("mkdir -p '%s'", live);
-    CU_ASSERT_EQUAL(system(cmd), 0);
-    free(cmd);
-    char *src = tl_tmpdir("sweepsrc");
-    char *py = tl_path(src, "train.py");
-    tl_write_file(py, CONCURRENT_PY);
-    char *sweep = tl_path(src, "sweep.json");
-    char *body = fmt("{\"run\": {\"target\": \"%s\", \"source_directory\": \".\", \"script\":"
-                     " \"train.py\", \"environment\": {\"env_vars\": {\"SWEEP_DIR\": \"%s\"}}},"
-                     " \"parameters\": {\"lr\": {\"loguniform\": [-7, -2]}}, \"sampling\":"
-                     " \"random\", \"seed\": 5, \"primary_metric\": \"acc\", \"goal\":"
-                     " \"maximize\", \"max_total_runs\": 6, \"max_concurrent_runs\": 2,"
-                     " \"early_termination\": {\"policy\": \"bandit\", \"slack_amount\": 0.5}}",
-                     target, shared);
-    tl_write_file(sweep, body);
-    char *id = submit_sweep(ws, sweep, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
-    json_t *s = wait_sweep(ws, id, 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
-    CU_ASSERT_EQUAL(json_integer_value(json_object_get(s, "children_started")), 6);
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(s, "status")), "Completed");
-    /* every child ran and reported: the best has a value and its --lr */
-    json_t *best = json_object_get(s, "best");
-    CU_ASSERT(json_is_number(json_object_get(best, "value")));
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(json_object_get(best, "arguments"), 0)),
-                           "--lr");
-    char *samples_path = tl_path(shared, "samples");
-    char *samples = tl_read_file(samples_path);
-    int n = 0, most = 0;
-    for (char *p = samples; p && *p;) {
-        int v = atoi(p);
-        most = v > most ? v : most;
-        n++;
-        p = strchr(p, '\n');
-        p = p ? p + 1 : NULL;
-    }
-    CU_ASSERT(n >= 6); /* each child sampled at least once before any stop */
-    if (most > 2)
-        printf("%s: %d children at once on the machine\n", target, most);
-    CU_ASSERT(most >= 1 && most <= 2);
-    free(samples);
-    free(samples_path);
-    json_decref(s);
-    free(id);
-    free(body);
-    free(sweep);
-    free(py);
-    free(src);
-    free(live);
-    free(shared);
-}
-
 static void t_remotevm_sweep_keeps_max_concurrent_on_the_machine(void)
 {
     if (!S_ok) {
@@ -1095,7 +989,7 @@ static void t_remotevm_sweep_keeps_max_concurrent_on_the_machine(void)
                         kf, "--set", rr, "--accept-new-host-key");
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
-    sweep_concurrency_on(ws, "vmbox");
+    rl_sweep_concurrency_on(ws, "vmbox", NULL);
     free(rr);
     free(kf);
     free(port);
