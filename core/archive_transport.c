@@ -393,8 +393,8 @@ static ctarget_status build_tree(int dfd, int sfd, const manifest *m, const name
             if (me->target ? symlinkat(me->target, pfd, base) != 0
                            : mkdirat(pfd, base, me->mode | 0700) != 0 && errno != EEXIST)
                 rc = io_fail(err, me->path, "create");
-            else if (!me->target)
-                fchmodat(pfd, base, me->mode | 0700, 0);
+            else if (!me->target && fchmodat(pfd, base, me->mode | 0700, 0) != 0)
+                rc = io_fail(err, me->path, "set the mode of");
             close(pfd);
         }
         if (rc)
