@@ -1015,18 +1015,7 @@ typedef struct fetch {
 
 static int fd_write(void *arg, const void *data, size_t len)
 {
-    int fd = *(int *)arg;
-    const char *p = data;
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w, len -= (size_t)w;
-    }
-    return 0;
+    return fd_write_all(*(int *)arg, data, len);
 }
 
 static int fetch_cb(void *arg, const char *name, uint64_t size)
