@@ -26,6 +26,7 @@ typedef struct mon {
     size_t n_envs;
     json_t *handle;            /* run->handle, persisted when it changes */
     char *handle_text;
+    char *step_json;           /* ri.step_json (owned) */
     long poll_ms;
     int polled;                /* poll() has been called: later ones may wait for a change */
     int64_t cancel_sent_ms;    /* when cancel() was last called (0: not by this monitor) */

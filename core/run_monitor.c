@@ -107,6 +107,16 @@ static void info_build(mon *m)
     ri->cancel_grace_seconds = json_integer_value(json_object_get(cfg, "cancel_grace_seconds"));
     if (ri->cancel_grace_seconds <= 0)
         ri->cancel_grace_seconds = 10;
+    /* a pipeline step (core/pipeline/driver.c stores this) */
+    json_t *step = json_object_get(cfg, "pipeline_step");
+    if (json_is_object(step)) {
+        ri->pipeline_id = json_string_value(json_object_get(step, "pipeline_id"));
+        ri->step_name = json_string_value(json_object_get(step, "step_name"));
+        ri->step_type = json_string_value(json_object_get(step, "step_type"));
+        json_t *sj = json_object_get(step, "step");
+        m->step_json = json_is_object(sj) ? json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        ri->step_json = m->step_json ? m->step_json : "{}";
+    }
 }
 
 static void info_free(mon *m)
@@ -117,6 +127,7 @@ static void info_free(mon *m)
     free(m->args);
     json_decref(m->handle);
     free(m->handle_text);
+    free(m->step_json);
     json_decref(m->info_row);
 }
 

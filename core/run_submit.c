@@ -333,13 +333,23 @@ static ctarget_status check_caps(reg_target *rt, json_t *c, const run_sub *x,
         free(types);
         return CTARGET_E_UNSUPPORTED;
     }
-    if (caps & CTARGET_CAP_PIPELINE_ONLY) {
-        ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) runs pipeline steps only, "
-               "not plain script runs: use it as the target of a pipeline step, or submit "
-               "the script to a target that runs scripts", name, pl->name);
+    int step = x && (x->need_caps & CTARGET_CAP_PIPELINE_STEP);
+    if (step && (!(caps & CTARGET_CAP_PIPELINE_STEP) || !pl->run.submit)) {
+        char *types = types_with(CTARGET_CAP_PIPELINE_STEP);
+        ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) cannot run pipeline steps: "
+               "put the step on a target whose type runs them (types that do: %s), or submit "
+               "the script as a plain run", name, pl->name, types);
+        free(types);
         return CTARGET_E_UNSUPPORTED;
     }
-    if (!(caps & CTARGET_CAP_SCRIPT_RUN) || !pl->run.submit) {
+    if (!step && (caps & CTARGET_CAP_PIPELINE_ONLY)) {
+        ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) runs pipeline steps only, "
+               "not plain script runs: use it as the target of a pipeline step (ctarget "
+               "pipeline submit FILE; see ctarget(1), PIPELINE FILES), or submit the script "
+               "to a target that runs scripts", name, pl->name);
+        return CTARGET_E_UNSUPPORTED;
+    }
+    if (!step && (!(caps & CTARGET_CAP_SCRIPT_RUN) || !pl->run.submit)) {
         char *types = script_types();
         ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) cannot run scripts: "
                "submit to a target whose type runs scripts (types that do: %s)", name,

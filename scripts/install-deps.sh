@@ -4,7 +4,7 @@
 # Uses sudo when not root.  Skips apt-get entirely when everything is already there.
 set -eu
 pkgs="build-essential autoconf automake libtool pkg-config
-      libsqlite3-dev libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev
+      libsqlite3-dev libjansson-dev libcurl4-openssl-dev libssl-dev libarchive-dev libyaml-dev
       libcunit1-dev python3 openssl binutils git
       libssh2-1-dev openssh-server openssh-client
       clang libclang-rt-14-dev

@@ -537,3 +537,16 @@ char *azfix_blob_get(azfix *fx, const char *container, const char *name, size_t 
     free(out);
     return data;
 }
+
+int azfix_service_port(azfix *fx, const char *name)
+{
+    /* services start their planes before the emulator writes DIR/port, so the file is there */
+    char *file = xasprintf("%s_port", name);
+    char *p = tl_path(fx->dir, file);
+    char *t = tl_read_file(p);
+    int port = t ? atoi(t) : 0;
+    free(t);
+    free(p);
+    free(file);
+    return port > 0 ? port : -1;
+}

@@ -109,6 +109,10 @@ json_t *azfix_state(azfix *fx);
  * (GET /_emulator/blob/CONTAINER/NAME); NULL when absent.  *len gets the size. */
 char *azfix_blob_get(azfix *fx, const char *container, const char *name, size_t *len);
 
+/* The HTTPS port of a further service's data plane (tests/emulators/emu_svc_NAME.py, README
+ * "Further services"), read from DIR/<name>_port; -1 when that service serves none. */
+int azfix_service_port(azfix *fx, const char *name);
+
 /* The node_modules directory holding azurite and the official SDK (see README), or NULL. */
 const char *azfix_node_modules(void);
 

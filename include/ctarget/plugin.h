@@ -266,6 +266,17 @@ typedef struct ctarget_run_info {
                                      reattach/poll/cancel; survives monitor restarts */
     const ctarget_obj *options;   /* target-specific run settings (config's section) */
     long long cancel_grace_seconds; /* TERM -> KILL grace for cancel */
+    /* appended after 1.0 (read them only when struct_size covers them): a pipeline step's
+     * identity, all NULL for a plain run.  A step runs like a script run: its snapshot holds
+     * the step's source directory plus its inputs under inputs/<name>/ (run->env has
+     * CTARGET_INPUT_<NAME>=inputs/<name>), and the step writes each declared output under
+     * ./outputs/<name>/ (CTARGET_OUTPUT_<NAME>=outputs/<name>), fetched as for any run.
+     * step_json is the step's type-specific keys as a JSON object's text (a Databricks
+     * step's cluster and task, a Batch step's pool and command line; ctarget-plugin(7)). */
+    const char *pipeline_id;      /* the pipeline's (parent) run id */
+    const char *step_name;
+    const char *step_type;        /* "script", "databricks", "adla", "batch" */
+    const char *step_json;
 } ctarget_run_info;
 
 typedef struct ctarget_run_poll {

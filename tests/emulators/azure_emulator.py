@@ -177,6 +177,46 @@ class Emulator:
         self.blob_container = "azureml-blobstore-" + self.ws_guid
         self.artifact_container = "azureml"
         self.runner = emu_jobs.Runner(self)
+        self.services = {}        # NAME -> emu_svc_* module (load_services)
+        self.planes = {}          # NAME -> its data-plane server
+
+    # ---- further services (emu_svc_*.py) ----------------------------------------------------
+    def load_services(self):
+        """Each tests/emulators/emu_svc_NAME.py is one more Azure service: NAME, NAMESPACES (the
+        ARM resource-provider namespaces it answers, lower case), init(emu), arm(h, path, body)
+        for ARM requests under those namespaces, and optional state(emu) (for GET
+        /_emulator/state), reset(emu, state) and stop(emu)."""
+        import importlib
+        for fn in sorted(os.listdir(HERE)):
+            m = re.match(r"^(emu_svc_[a-z0-9_]+)\.py$", fn)
+            if not m:
+                continue
+            mod = importlib.import_module(m.group(1))
+            self.services[mod.NAME] = mod
+            mod.init(self)
+
+    def service_for(self, namespace):
+        for mod in self.services.values():
+            if namespace.lower() in getattr(mod, "NAMESPACES", ()):
+                return mod
+        return None
+
+    def data_plane(self, name, fn):
+        """Serve a service's data plane on its own HTTPS port (127.0.0.1, the emulator's
+        certificate), written to DIR/<name>_port.  fn(h, path, body) answers a request; it may
+        raise HttpError.  Requests are logged with server=name; faults with target=name apply."""
+        cls = type("Plane_" + name, (Handler,), {"plane": name, "plane_fn": staticmethod(fn)})
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(self.dir, "server.pem"), os.path.join(self.dir, "server.key"))
+        srv = Server(("127.0.0.1", 0), cls)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
+        self.planes[name] = srv
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        port = srv.server_address[1]
+        with open(os.path.join(self.dir, name + "_port.tmp"), "w") as f:
+            f.write("%d\n" % port)
+        os.rename(os.path.join(self.dir, name + "_port.tmp"), os.path.join(self.dir, name + "_port"))
+        return port
 
     def set_blob(self, endpoint):
         """Azurite at endpoint: the emulator talks to it directly; every URL it hands out names
@@ -281,6 +321,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     emu = None
     imds = False
+    plane = None        # a service's data plane (Emulator.data_plane): its name
+    plane_fn = None
 
     def log_message(self, fmt, *a):
         pass
@@ -340,13 +382,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             emu.seq += 1
             self.rec = {"seq": emu.seq, "method": self.command, "path": path, "query": u.query,
                         "status": None, "body_size": len(body), "t": round(time.time(), 3),
-                        "server": "imds" if self.imds else "https"}
+                        "server": self.plane or ("imds" if self.imds else "https")}
             if not path.startswith("/_emulator/"):
                 emu.requests.append(self.rec)
         try:
-            if path.startswith("/_emulator/") and not self.imds:
+            if path.startswith("/_emulator/") and not self.imds and not self.plane:
                 return self.admin(path, body)
-            f = emu.take_fault(self.command, path, ("status", "drop"))
+            f = emu.take_fault(self.command, path, ("status", "drop"), target=self.plane or "arm")
             if f:
                 self.rec["fault"] = f["id"]
                 if f.get("action") == "drop":
@@ -361,6 +403,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     "message", "Injected fault %d (emulator)." % st)}}, hdr)
             if self.imds:
                 return self.do_imds(path)
+            if self.plane:
+                return self.plane_fn(self, path, body)
             m = re.match(r"^/([^/]+)/oauth2/v2\.0/token$", path)
             if m:
                 return self.do_token(m.group(1), body)
@@ -556,6 +600,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     emu.runner.cancel_all()
                     emu.computes, emu.ops, emu.jobs = {}, {}, {}
                     emu.codes, emu.code_versions, emu.envs, emu.env_versions = {}, {}, {}, {}
+            for mod in emu.services.values():
+                if hasattr(mod, "reset"):
+                    mod.reset(emu, bool(j.get("state")))
             return self.send(200, {})
         if p == "/config" and m == "POST":
             with emu.lock:
@@ -585,6 +632,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                       "codes": sorted("%s/%s" % k for k in emu.code_versions),
                       "environments": sorted("%s/%s" % k for k in emu.env_versions),
                       "tokens": len(emu.tokens), "config": emu.cfg}
+                for name, mod in emu.services.items():
+                    if hasattr(mod, "state"):
+                        st[name] = mod.state(emu)
             return self.send(200, st)
         mm = re.match(r"^/blob/([^/]+)/(.+)$", p)
         if mm and m == "GET":
@@ -617,6 +667,7 @@ def main():
     os.makedirs(args.dir, exist_ok=True)
     emu = Emulator(args, seed)
     Handler.emu = emu
+    emu.load_services()
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(os.path.join(emu.dir, "server.pem"), os.path.join(emu.dir, "server.key"))
@@ -641,6 +692,11 @@ def main():
     log("listening: https 127.0.0.1:%d, imds http 127.0.0.1:%d, blob %s, specs %d ops"
         % (emu.port, imdsd.server_address[1], args.blob_endpoint, len(emu.spec.ops)))
     httpd.serve_forever(poll_interval=0.2)
+    for srv in emu.planes.values():
+        srv.shutdown()
+    for mod in emu.services.values():
+        if hasattr(mod, "stop"):
+            mod.stop(emu)
     emu.runner.cancel_all(wait=True)
     log("stopped")
 

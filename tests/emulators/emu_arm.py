@@ -15,6 +15,8 @@ WS_RX = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Mi
 OPS_RX = re.compile(r"^/subscriptions/([^/]+)/providers/Microsoft\.MachineLearningServices/locations/([^/]+)/"
                     r"(computeOperationsStatus|computeOperationsResults|mfeOperationsStatus|mfeOperationResults)"
                     r"/([^/]+)$", re.I)
+# /subscriptions/S/resourceGroups/RG/providers/NAMESPACE/...: other services' resources
+PROVIDER_RX = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/([^/]+)(/.*)?$", re.I)
 SUB_RX = re.compile(r"^/subscriptions/([^/]+)(/resourceGroups/([^/]+))?/?$", re.I)
 NAME_RX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,254}$")
 COMPUTE_NAME_RX = re.compile(r"^[a-zA-Z](?![a-zA-Z0-9-]*-$)[a-zA-Z0-9-]{1,31}$")
@@ -32,6 +34,12 @@ def handle(h, path, body):
     sub = m.group(1) if m else path.split("/")[2]
     if sub.lower() != emu.sub.lower():
         raise HttpError(404, "SubscriptionNotFound", "The subscription '%s' could not be found." % sub)
+    m = PROVIDER_RX.match(path)
+    svc = emu.service_for(m.group(3)) if m else None
+    if svc is not None:
+        if m.group(2).lower() != emu.seed["resource_group"].lower():
+            raise rg_not_found(m.group(2))
+        return svc.arm(h, path, body)
     m = OPS_RX.match(path)
     if m:
         check_api(av)
@@ -75,6 +83,17 @@ def handle(h, path, body):
         settle(emu)
     segs = [urllib.parse.unquote(s) for s in rest.split("/") if s]
     return route(h, segs, doc, path)
+
+
+def json_body(body):
+    """A request body as JSON (None when empty), or ARM's 400 for malformed content."""
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise HttpError(400, "InvalidRequestContent", "The request content was invalid and could not be "
+                        "deserialized: '%s'." % e)
 
 
 def check_api(av):
