@@ -59,5 +59,6 @@ int cmd_run(cli *c, int argc, char **argv);
 int cmd_env(cli *c, int argc, char **argv);
 int cmd_snapshot(cli *c, int argc, char **argv);
 int cmd_sweep(cli *c, int argc, char **argv);
+int cmd_pipeline(cli *c, int argc, char **argv);
 
 #endif

@@ -18,7 +18,8 @@ static const char help[] =
     "\n"
     "subcommands:\n"
     "  submit --target NAME --source DIR --script FILE [options] [-- ARGS...]\n"
-    "  list [--experiment E] [--status S] [--target T] [--limit N]\n"
+    "  list [--experiment E] [--status S] [--target T] [--parent ID] [--limit N]\n"
+    "                     (--parent: the steps of a pipeline, the children of a sweep)\n"
     "  show ID                  status, every transition with its time, exit code, reason,\n"
     "                           snapshot, git, last value of each metric, outputs\n"
     "  logs ID [-f]             the script's output (stdout and stderr); -f follows it\n"
@@ -61,7 +62,7 @@ static const char help[] =
 enum {
     O_TARGET = 2000, O_SOURCE, O_SCRIPT, O_EXPERIMENT, O_ENVIRONMENT, O_PYTHON, O_REQUIREMENTS,
     O_CONDA, O_DOCKER, O_ENV_VAR, O_TIMEOUT, O_WAIT, O_STREAM, O_CONFIG, O_STATUS, O_LIMIT,
-    O_FOLLOW, O_FORMAT, O_GRACE
+    O_FOLLOW, O_FORMAT, O_GRACE, O_PARENT
 };
 
 typedef struct rargs {
@@ -69,7 +70,7 @@ typedef struct rargs {
     const char **env_vars;
     size_t n_env_vars;
     int wait, stream, follow, help;
-    const char *status, *dest;
+    const char *status, *dest, *parent;
     long limit;
     long long timeout;
     const char *id;
@@ -107,6 +108,7 @@ static int handle_opt(cli *c, rargs *a, int opt, const char *arg, const char *su
     case O_STREAM: a->stream = 1; return 0;
     case O_FOLLOW: a->follow = 1; return 0;
     case O_STATUS: a->status = arg; return 0;
+    case O_PARENT: a->parent = arg; return 0;
     case O_ENV_VAR:
         if (!strchr(arg, '=') || arg[0] == '=')
             return usage(c, "--env-var needs NAME=VALUE, got '%s'", arg);
@@ -169,6 +171,7 @@ static int parse(cli *c, int argc, char **argv, rargs *a, const char *sub)
         {"stream", no_argument, NULL, O_STREAM},
         {"config", required_argument, NULL, O_CONFIG},
         {"status", required_argument, NULL, O_STATUS},
+        {"parent", required_argument, NULL, O_PARENT},
         {"limit", required_argument, NULL, O_LIMIT},
         {"follow", no_argument, NULL, O_FOLLOW},
         {"dest", required_argument, NULL, 'o'},
@@ -368,7 +371,7 @@ static int do_list(cli *c, rargs *a)
     if (rc)
         return rc;
     ctarget_run_filter f = {sizeof f, a->o.experiment, a->status, a->o.target,
-                            (size_t)a->limit};
+                            (size_t)a->limit, a->parent};
     char *json;
     ctarget_error err;
     ctarget_error_init(&err);

@@ -22,6 +22,8 @@ static const char main_help[] =
     "  compute            create, attach, inspect, update, detach and delete targets\n"
     "  snapshot           snapshot source directories; list, show, diff, export, gc\n"
     "  sweep              hyperparameter sweeps: child runs over a parameter space\n"
+    "  pipeline           pipelines: steps on targets joined by their data, reused\n"
+    "                     when unchanged\n"
     "  version            print the version\n"
     "  help COMMAND       explain a command (same as COMMAND --help)\n"
     "\n"
@@ -71,6 +73,7 @@ static const struct command commands[] = {
     {"env", cmd_env},
     {"snapshot", cmd_snapshot},
     {"sweep", cmd_sweep},
+    {"pipeline", cmd_pipeline},
 };
 
 /* Run monitors are this very program, started as `ctarget run __monitor ID`. */

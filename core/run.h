@@ -85,7 +85,21 @@ typedef struct run_sub {
     json_t *git;          /* with snapshot: its git information (borrowed) */
     json_t *extra;        /* merged into the stored configuration (borrowed), or NULL */
     uint64_t need_caps;   /* capabilities the target must declare beyond running scripts */
+    const char *step_type; /* with CTARGET_CAP_PIPELINE_STEP: "script", or the plugin type
+                            * the step needs ("databricks", ...) */
 } run_sub;
+/* The checks submission makes (values, target, capabilities, source and script), with
+ * nothing written: a pipeline checks every step before it starts any. */
+ctarget_status run_check_config(struct ctarget_ws *ws, json_t *c, const run_sub *x,
+                                ctarget_error *err);
+/* A new runs row (NotStarted) with its first event, in one transaction. */
+typedef struct new_run {
+    const char *id, *experiment, *target, *type, *source, *snapshot;
+    json_t *git, *config;
+    const char *env_name;
+    const char *parent, *kind;
+} new_run;
+ctarget_status run_insert(store *st, const new_run *r, ctarget_error *err);
 
 /* Check an inline run configuration as a configuration file is checked (keys, types;
  * file names it in messages) and anchor its relative paths at base (NULL: as they are). */

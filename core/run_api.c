@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -246,14 +247,27 @@ ctarget_status ctarget_run_list(ctarget_ws *ws, const ctarget_run_filter *f, cha
     }
     sqlite3_stmt *s = store_prepare(ws->st, "SELECT id FROM runs WHERE (?1 IS NULL OR"
                                             " experiment=?1) AND (?2 IS NULL OR status=?2) AND"
-                                            " (?3 IS NULL OR target=?3) ORDER BY id DESC"
-                                            " LIMIT ?4", err);
+                                            " (?3 IS NULL OR target=?3) AND (?5 IS NULL OR"
+                                            " parent=?5) ORDER BY id DESC LIMIT ?4", err);
     if (!s)
         return err->code;
     store_bind_text(s, 1, f ? f->experiment : NULL);
     store_bind_text(s, 2, status);
     store_bind_text(s, 3, f ? f->target : NULL);
     sqlite3_bind_int64(s, 4, f && f->limit ? (sqlite3_int64)f->limit : -1);
+    /* (an older caller's shorter struct has no parent field) */
+    int has_parent = f && f->struct_size >= offsetof(ctarget_run_filter, parent) +
+                                                 sizeof f->parent;
+    char *parent = NULL;
+    if (has_parent && f->parent) {
+        ctarget_status rc = run_resolve(ws->st, f->parent, &parent, err);
+        if (rc) {
+            sqlite3_finalize(s);
+            return rc;
+        }
+    }
+    store_bind_text(s, 5, parent);
+    free(parent);
     json_t *ids = json_array();
     while (sqlite3_step(s) == SQLITE_ROW)
         json_array_append_new(ids, json_string((const char *)sqlite3_column_text(s, 0)));

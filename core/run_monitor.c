@@ -19,6 +19,7 @@
 #include "registry.h"
 #include "run.h"
 #include "run_mon.h"
+#include "pipeline/pipeline.h"
 #include "sweep/sweep.h"
 #include "util.h"
 #include "ws.h"
@@ -284,9 +285,13 @@ ctarget_status ctarget_run_monitor(ctarget_ws *ws, const char *id_in, ctarget_er
     record_monitor(&m);
     mon_refresh(&m);
     const char *kind = json_string_value(json_object_get(m.row, "kind"));
-    if (kind && !strcmp(kind, "sweep")) {
-        /* a sweep's monitor is its driver (core/sweep/driver.c) */
-        sw_drive(ws, id);
+    if (kind && (!strcmp(kind, "sweep") || !strcmp(kind, "pipeline"))) {
+        /* a sweep's or a pipeline's monitor is its driver (core/sweep/driver.c,
+         * core/pipeline/driver.c) */
+        if (!strcmp(kind, "sweep"))
+            sw_drive(ws, id);
+        else
+            pl_drive(ws, id);
         json_decref(m.row);
         close(m.lock_fd);
         free(id);

@@ -334,6 +334,19 @@ static ctarget_status check_caps(reg_target *rt, json_t *c, const run_sub *x,
         return CTARGET_E_UNSUPPORTED;
     }
     int step = x && (x->need_caps & CTARGET_CAP_PIPELINE_STEP);
+    const char *stype = x ? x->step_type : NULL;
+    if (step && stype && strcmp(stype, "script") && strcmp(stype, pl->name)) {
+        ct_err(err, CTARGET_E_UNSUPPORTED, "a %s step runs on a %s target, and compute target "
+               "'%s' is %s: attach a %s target and name it as the step's target", stype, stype,
+               name, pl->name, stype);
+        return CTARGET_E_UNSUPPORTED;
+    }
+    if (step && stype && !strcmp(stype, "script") && (caps & CTARGET_CAP_PIPELINE_ONLY)) {
+        ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) runs only %s steps, not "
+               "script steps: give the step \"type\": \"%s\" (see ctarget(1), PIPELINE FILES)",
+               name, pl->name, pl->name, pl->name);
+        return CTARGET_E_UNSUPPORTED;
+    }
     if (step && (!(caps & CTARGET_CAP_PIPELINE_STEP) || !pl->run.submit)) {
         char *types = types_with(CTARGET_CAP_PIPELINE_STEP);
         ct_err(err, CTARGET_E_UNSUPPORTED, "compute target '%s' (%s) cannot run pipeline steps: "
@@ -443,14 +456,7 @@ static ctarget_status snapshot_source(ctarget_ws *ws, const char *dir, char **id
     return CTARGET_OK;
 }
 
-typedef struct new_run {
-    const char *id, *experiment, *target, *type, *source, *snapshot;
-    json_t *git, *config;
-    const char *env_name;
-    const char *parent, *kind;
-} new_run;
-
-static ctarget_status insert_run(store *st, const new_run *r, ctarget_error *err)
+ctarget_status run_insert(store *st, const new_run *r, ctarget_error *err)
 {
     int64_t now = time_now_ms();
     char *config = json_dumps(r->config, JSON_COMPACT);
@@ -578,6 +584,21 @@ static ctarget_status prepare_run(ctarget_ws *ws, json_t *c, const char *id, new
     return CTARGET_OK;
 }
 
+ctarget_status run_check_config(ctarget_ws *ws, json_t *c, const run_sub *x, ctarget_error *err)
+{
+    reg_target *rt = NULL;
+    char *src = NULL, *script = NULL;
+    ctarget_status rc;
+    if (!(rc = run_config_check_values(c, err)) &&
+        !(rc = reg_load(ws, json_string_value(json_object_get(c, "target")), 1, &rt, err)) &&
+        !(rc = check_caps(rt, c, x, err)))
+        rc = check_source(c, &src, &script, err);
+    reg_target_free(rt);
+    free(src);
+    free(script);
+    return rc;
+}
+
 ctarget_status ctarget_run_submit(ctarget_ws *ws, const ctarget_run_opts *o, char **json,
                                   ctarget_error *err)
 {
@@ -619,7 +640,7 @@ ctarget_status run_submit_config(ctarget_ws *ws, json_t *c, const run_sub *x, ch
     r.type = rt->pl->name;
     r.source = src;
     r.snapshot = snap;
-    if ((rc = insert_run(ws->st, &r, err)))
+    if ((rc = run_insert(ws->st, &r, err)))
         goto fail;
     ctarget_error serr;
     ctarget_error_init(&serr);

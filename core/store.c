@@ -150,6 +150,32 @@ static const char *const migrations[] = {
     "  error TEXT,"
     "  created_at INTEGER NOT NULL,"
     "  PRIMARY KEY(sweep, idx));",
+    /* 5 -> 6: pipelines (core/pipeline/).  A pipeline is a run of kind 'pipeline' whose
+     * monitor is the pipeline driver; each step is a row here from submission on.  run: the
+     * step's child run, recorded before it is submitted (NULL until the step starts, and
+     * for steps that reuse an earlier one or copy data); status: the step's own outcome
+     * when it is not its run's (Reused, Completed for a data transfer, Failed when it could
+     * not start or left a declared output out, Canceled/Skipped when it never ran), NULL
+     * while its run decides; reuse_key: the SHA-256 of its code, inputs, arguments and
+     * environment; reused_from: the run whose outputs it used; outputs_dir: where its
+     * outputs are; checked: its declared outputs were found. */
+    "CREATE TABLE pipeline_steps("
+    "  pipeline TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  type TEXT NOT NULL,"
+    "  target TEXT,"
+    "  run TEXT UNIQUE,"
+    "  status TEXT,"
+    "  reason TEXT,"
+    "  reuse_key TEXT,"
+    "  reused_from TEXT,"
+    "  outputs_dir TEXT,"
+    "  checked INTEGER NOT NULL DEFAULT 0,"
+    "  started_at INTEGER,"
+    "  ended_at INTEGER,"
+    "  PRIMARY KEY(pipeline, idx));"
+    "CREATE INDEX pipeline_steps_reuse ON pipeline_steps(reuse_key);",
 };
 
 /* Checkpoint the WAL into the database every this many pages (see store_open). */

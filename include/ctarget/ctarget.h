@@ -159,6 +159,8 @@ typedef struct ctarget_run_filter {
     size_t struct_size;
     const char *experiment, *status, *target;   /* NULL: any */
     size_t limit;                                /* 0: all */
+    const char *parent;   /* appended: only the children of this sweep or pipeline (an id or
+                           * a unique prefix), or NULL */
 } ctarget_run_filter;
 /* Newest first. */
 CTARGET_API ctarget_status ctarget_run_list(ctarget_ws *ws, const ctarget_run_filter *f,
@@ -233,6 +235,48 @@ CTARGET_API ctarget_status ctarget_sweep_wait(ctarget_ws *ws, const char *id, lo
 /* Cancel the sweep: no new children, the running ones canceled; JSON as show. */
 CTARGET_API ctarget_status ctarget_sweep_cancel(ctarget_ws *ws, const char *id, char **json,
                                                 ctarget_error *err);
+
+/* ---- pipelines ---------------------------------------------------------------------------- */
+/* A pipeline is a DAG of steps, each a run on a compute target (a script step on any target
+ * whose plugin declares CTARGET_CAP_PIPELINE_STEP, or a step of a target type's own kind:
+ * databricks, adla, batch), joined by data: a step's named outputs are later steps' inputs.
+ * Independent steps run in parallel up to max_parallel; a step whose code, arguments,
+ * environment and inputs are unchanged is reused (allow_reuse) instead of run again.  It is
+ * a run of kind "pipeline" (target "pipeline") whose monitor is the pipeline driver; its
+ * steps are child runs.  The file format (JSON or YAML) is in ctarget(1), PIPELINE FILES. */
+typedef struct ctarget_pipeline_opts {
+    size_t struct_size;
+    const char *file;         /* the pipeline file */
+    const char *experiment;   /* overrides the file's, or NULL */
+} ctarget_pipeline_opts;
+/* Check the file and every step's target, capability, source and script; nothing runs.
+ * JSON {name, experiment, steps: [{name, type, target, inputs, outputs, depends_on}]}. */
+CTARGET_API ctarget_status ctarget_pipeline_validate(ctarget_ws *ws,
+                                                     const ctarget_pipeline_opts *opts,
+                                                     char **json, ctarget_error *err);
+/* Validate as above, then start the pipeline; JSON {id, status, name, experiment, steps}. */
+CTARGET_API ctarget_status ctarget_pipeline_submit(ctarget_ws *ws,
+                                                   const ctarget_pipeline_opts *opts,
+                                                   char **json, ctarget_error *err);
+/* JSON: the parent run as ctarget_run_show has it (id, status, reason, times, events),
+ * plus name, summary, steps_by_status{}, reused (count) and steps[] in file order: {name,
+ * type, target, status, run, reused_from, reason, inputs{}, outputs[], depends_on[],
+ * started_at, ended_at, duration_seconds}.  A step's status is its run's, or Reused,
+ * Skipped, Canceled (never started), Failed (could not start, or an output missing),
+ * NotStarted.  Restarts a dead driver, as reading any run does. */
+CTARGET_API ctarget_status ctarget_pipeline_show(ctarget_ws *ws, const char *id, char **json,
+                                                 ctarget_error *err);
+/* Newest first: {id, name, experiment, status, steps, reused, created_at,
+ * duration_seconds}. */
+CTARGET_API ctarget_status ctarget_pipeline_list(ctarget_ws *ws, char **json,
+                                                 ctarget_error *err);
+/* Until the pipeline ends (timeout_ms 0: no limit); JSON as show. */
+CTARGET_API ctarget_status ctarget_pipeline_wait(ctarget_ws *ws, const char *id,
+                                                 long timeout_ms, char **json,
+                                                 ctarget_error *err);
+/* Cancel: no new steps, every running step canceled; JSON as show. */
+CTARGET_API ctarget_status ctarget_pipeline_cancel(ctarget_ws *ws, const char *id,
+                                                   char **json, ctarget_error *err);
 
 /* ---- environments ----------------------------------------------------------------------- */
 typedef struct ctarget_env_opts {
