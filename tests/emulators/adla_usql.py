@@ -548,6 +548,7 @@ def main():
     ap.add_argument("--script", required=True)
     ap.add_argument("--result", required=True)
     ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--delay", type=float, default=0, help="seconds the vertex takes (a long job)")
     a = ap.parse_args()
     with open(a.script, encoding="utf-8") as f:
         text = f.read()
@@ -556,6 +557,11 @@ def main():
         stmts = Parser(lex(text)).script()
         Interp(a.store, False).run(stmts)  # compile: names and types, no data
         if not a.compile_only:
+            if a.delay:
+                print("vertex running for %g s" % a.delay)
+                sys.stdout.flush()
+                import time
+                time.sleep(a.delay)
             it = Interp(a.store, True)
             it.run(stmts)
             res["outputs"] = it.outputs

@@ -14,7 +14,9 @@ service's debug data; the plugin shows it in the run's log).
 Faults ({"target": "adla"|"adls", ...}): the emulator's status faults (429 + Retry-After, 500)
 on either plane, and {"target": "adla", "action": "fail_job", "errorId": ..., "message": ...,
 "count": N}: the next N jobs fail on the service side once Running (their process is killed,
-result Failed with that error), as when a vertex fails for the service's own reasons.
+result Failed with that error), as when a vertex fails for the service's own reasons;
+{"target": "adla", "action": "slow_job", "seconds": S}: the next job's vertex runs S seconds
+(a long job, to cancel while its process lives).
 
 Tokens: both planes take an AAD bearer for https://datalake.azure.net (what the service and
 ADLS Gen1 accept); another audience is 401.
@@ -280,7 +282,10 @@ class Job:
         if f:
             self.fail = f
             threading.Timer(phase * 2, self.service_failure).start()
-        rc, res = self.interp(script, log, compile_only=False)
+        with emu.lock:
+            slow = emu.take_fault("PUT", "/Jobs/" + self.id, ("slow_job",), target="adla")
+        rc, res = self.interp(script, log, compile_only=False,
+                              delay=float(slow.get("seconds", 30)) if slow else 0)
         if self.state == TERMINAL:
             return
         if res.get("ok"):
@@ -299,12 +304,14 @@ class Job:
         if self.finish("Failed", [err]):
             self.kill()
 
-    def interp(self, script, log, compile_only):
+    def interp(self, script, log, compile_only, delay=0):
         res_file = os.path.join(self.dir, "compile.json" if compile_only else "result.json")
         cmd = [sys.executable, os.path.join(HERE, "adla_usql.py"), "--store", self.emu.adla.root,
                "--script", script, "--result", res_file]
         if compile_only:
             cmd.append("--compile-only")
+        if delay:
+            cmd += ["--delay", str(delay)]
         with open(log, "ab") as lf:
             with self.emu.lock:
                 if self.state == TERMINAL:
@@ -391,7 +398,8 @@ def job_plane(h, path, body):
             j = Job(emu, jid.lower(), req)
             st.jobs[jid.lower()] = j
         threading.Thread(target=j.run, daemon=True).start()
-        return h.send(200, j.view(full=False))
+        with emu.lock:
+            return h.send(200, j.view())
     with emu.lock:
         j = st.jobs.get(jid.lower())
     if j is None:
