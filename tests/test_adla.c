@@ -506,6 +506,44 @@ static void t09_service_side_failure(void)
     free(src);
 }
 
+/* tokens that expire while a job runs: the monitor's next call is refused (401), takes a new
+ * token and carries on */
+static void t09b_token_expires_mid_run(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws != NULL);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"adla\",\"action\":\"slow_job\","
+                                     "\"seconds\":2,\"count\":1}"), 0);
+    char *src = step_src("adla9b", GOOD_USQL);
+    char *id = submit_step(ws, src, "{\"script_parameters\": {\"min_score\": 80}}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT(rl_wait_for(ws, id, "Running", 30000));
+    azfix_reset(&FX);
+    json_t *x = azfix_admin(&FX, "POST", "/_emulator/tokens/expire", NULL, NULL);
+    CU_ASSERT(json_integer_value(json_object_get(x, "expired")) >= 1);
+    json_decref(x);
+    char *st = wait_done(ws, id);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "Completed");
+    char *out = rl_run_file(ws, id, "outputs/result/out.csv");
+    char *csv = tl_read_file(out);
+    CU_ASSERT_STRING_EQUAL(csv ? csv : "", "name,score\ncid,90\n");
+    /* the refusal happened and was answered by a new token */
+    CU_ASSERT(azfix_count(&FX, "GET", "^/Jobs/") >= 2);
+    json_t *reqs = azfix_requests(&FX);
+    int n401 = 0;
+    size_t i;
+    json_t *q;
+    json_array_foreach(reqs, i, q) if (json_integer_value(json_object_get(q, "status")) == 401) n401++;
+    CU_ASSERT(n401 >= 1);
+    CU_ASSERT(azfix_count(&FX, "POST", "/oauth2/v2.0/token$") >= 1);
+    json_decref(reqs);
+    free(csv);
+    free(out);
+    free(st);
+    free(id);
+    free(src);
+}
+
 static void t10_no_secret_in_workspace(void)
 {
     const char *ws = shared_ws();
@@ -575,6 +613,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t07_cancel_leaves_nothing_running);
     TL_ADD(s, t08_throttling_and_500_retried);
     TL_ADD(s, t09_service_side_failure);
+    TL_ADD(s, t09b_token_expires_mid_run);
     TL_ADD(s, t10_no_secret_in_workspace);
     TL_ADD(s, t11_held_to_the_official_spec);
 }

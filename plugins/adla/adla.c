@@ -1203,7 +1203,9 @@ static void log_debug_data(dl *d, const ctarget_run_info *run, json_t *job)
         ctarget_error e2 = {.struct_size = sizeof e2};
         if (store_do(d, "GET", path, "op=OPEN&read=true", NULL, 0, 200, 200, &r, &e2))
             continue;
-        log_append(run, "---- job debug data %s ----\n%s%s", path, r->body,
+        log_append(run, "---- job debug data %s (its line numbers count the line of DECLAREs "
+                   "ctarget puts first: line N+1 is line N of %s) ----\n%s%s", path,
+                   run->script, r->body,
                    r->body_len && r->body[r->body_len - 1] != '\n' ? "\n" : "");
         H->http_response_free(r);
     }
