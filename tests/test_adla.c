@@ -7,6 +7,7 @@
  * Targets authenticate as the emulator's service principal with client_secret=file:PATH
  * (outside the workspace), TLS verified with the fixture's CA (CTARGET_CA_BUNDLE). */
 #define _GNU_SOURCE
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -544,6 +545,52 @@ static void t09b_token_expires_mid_run(void)
     free(src);
 }
 
+/* the run monitor killed while the job runs: its replacement finds the job again from the
+ * handle (no second job), and the run completes with its outputs */
+static void t09c_monitor_killed(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws != NULL);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"adla\",\"action\":\"slow_job\","
+                                     "\"seconds\":3,\"count\":1}"), 0);
+    char *src = step_src("adla9c", GOOD_USQL);
+    char *id = submit_step(ws, src, "{\"script_parameters\": {\"min_score\": 56}}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT(rl_wait_for(ws, id, "Running", 30000));
+    json_t *j = rl_show(ws, id);
+    long pid = (long)json_integer_value(json_object_get(json_object_get(j, "monitor"), "pid"));
+    json_decref(j);
+    CU_ASSERT(pid > 1);
+    if (pid > 1) {
+        CU_ASSERT_EQUAL(kill((pid_t)pid, SIGKILL), 0);
+        for (int i = 0; i < 200 && kill((pid_t)pid, 0) == 0; i++)
+            rl_sleep_ms(10);
+    }
+    char *st = wait_done(ws, id);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "Completed");
+    j = rl_show(ws, id);
+    CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "monitor"), "starts")) >= 2);
+    json_decref(j);
+    char *out = rl_run_file(ws, id, "outputs/result/out.csv");
+    char *csv = tl_read_file(out);
+    CU_ASSERT_STRING_EQUAL(csv ? csv : "", "name,score\nann,70\ncid,90\n");
+    int n = 0;
+    json_t *jobs = emu_jobs();
+    const char *k;
+    json_t *v;
+    json_object_foreach(jobs, k, v) {
+        const char *name = json_string_value(json_object_get(v, "name"));
+        n += name && strstr(name, id) != NULL;
+    }
+    json_decref(jobs);
+    CU_ASSERT_EQUAL(n, 1);
+    free(csv);
+    free(out);
+    free(st);
+    free(id);
+    free(src);
+}
+
 static void t10_no_secret_in_workspace(void)
 {
     const char *ws = shared_ws();
@@ -614,6 +661,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t08_throttling_and_500_retried);
     TL_ADD(s, t09_service_side_failure);
     TL_ADD(s, t09b_token_expires_mid_run);
+    TL_ADD(s, t09c_monitor_killed);
     TL_ADD(s, t10_no_secret_in_workspace);
     TL_ADD(s, t11_held_to_the_official_spec);
 }
