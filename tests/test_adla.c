@@ -355,6 +355,23 @@ static void t05_syntax_error_fails_with_line(void)
     free(st);
     free(id);
     free(src);
+    /* a runtime error (the input is not in the store): the service's error, its line */
+    src = step_src("adla5b", "DECLARE @in string = @CTARGET_RUN_DIR + \"inputs/data/gone.csv\";\n"
+                             "@rows = EXTRACT name string FROM @in USING Extractors.Text();\n"
+                             "OUTPUT @rows TO @CTARGET_OUTPUTS_DIR + \"x.csv\" USING "
+                             "Outputters.Csv();\n");
+    id = submit_step(ws, src, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    st = wait_done(ws, id);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "Failed");
+    reason = run_field(ws, id, "reason");
+    CU_ASSERT(tl_contains(reason, "E_STORE_USER_FILENOTFOUND"));
+    CU_ASSERT(tl_contains(reason, "gone.csv"));
+    CU_ASSERT(tl_contains(reason, "line 2 of step.usql"));
+    free(reason);
+    free(st);
+    free(id);
+    free(src);
 }
 
 static void t06_step_keys_checked(void)
