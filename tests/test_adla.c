@@ -329,6 +329,45 @@ static void t04_step_filters_and_outputs(void)
     free(src);
 }
 
+/* an input above the 4 MiB of one request: CREATE, then APPENDs at offsets; the job reads
+ * all of it */
+static void t04b_large_input_appended(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws != NULL);
+    char *src = step_src("adla4b", "DECLARE @in string = @CTARGET_RUN_DIR + \"inputs/big/big.csv\";\n"
+                                   "@rows = EXTRACT name string, v int FROM @in USING "
+                                   "Extractors.Csv();\n"
+                                   "@s = SELECT COUNT(*) AS n, SUM(v) AS total FROM @rows;\n"
+                                   "OUTPUT @s TO @CTARGET_OUTPUTS_DIR + \"sum/s.csv\" USING "
+                                   "Outputters.Csv();\n");
+    char *in = fmt("%s/inputs/big", src);
+    mkdir(in, 0755);
+    char *p = fmt("%s/big.csv", in);
+    FILE *f = fopen(p, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    for (int i = 0; i < 600000; i++)
+        fprintf(f, "r%06d,%d\n", i, i % 10);
+    fclose(f);
+    azfix_reset(&FX);
+    char *id = submit_step(ws, src, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    char *st = wait_done(ws, id);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "Completed");
+    char *out = rl_run_file(ws, id, "outputs/sum/s.csv");
+    char *csv = tl_read_file(out);
+    CU_ASSERT_STRING_EQUAL(csv ? csv : "", "600000,2700000\n");
+    CU_ASSERT_EQUAL(azfix_count(&FX, "POST", "big\\.csv$"), 1);  /* 6 MB: CREATE + 1 APPEND */
+    CU_ASSERT_EQUAL(azfix_count(&FX, "PUT", "big\\.csv$"), 1);
+    free(csv);
+    free(out);
+    free(st);
+    free(id);
+    free(p);
+    free(in);
+    free(src);
+}
+
 static void t05_syntax_error_fails_with_line(void)
 {
     const char *ws = shared_ws();
@@ -672,6 +711,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t02_attach_refusals);
     TL_ADD(s, t03_plain_run_refused);
     TL_ADD(s, t04_step_filters_and_outputs);
+    TL_ADD(s, t04b_large_input_appended);
     TL_ADD(s, t05_syntax_error_fails_with_line);
     TL_ADD(s, t06_step_keys_checked);
     TL_ADD(s, t07_cancel_leaves_nothing_running);

@@ -44,6 +44,7 @@
 #define ADLA_NS_TYPE "Microsoft.DataLakeAnalytics/accounts"
 #define STORE_ROOT "/ctarget/runs/"
 #define SCRIPT_MAX (3u * 1024u * 1024u)
+#define UPLOAD_CHUNK ((size_t)4 * 1024 * 1024) /* bytes per CREATE/APPEND request */
 
 static const ctarget_host *H;
 
@@ -844,6 +845,88 @@ typedef struct up_ctx {
     unsigned long long bytes;
 } up_ctx;
 
+/* the store's length of path, or -1 */
+static long long store_length(dl *d, const char *path)
+{
+    ctarget_http_response *r = NULL;
+    ctarget_error e2 = {.struct_size = sizeof e2};
+    if (store_do(d, "GET", path, "op=GETFILESTATUS", NULL, 0, 200, 200, &r, &e2))
+        return -1;
+    json_t *j = json_loads(r->body, 0, NULL);
+    json_t *len = json_object_get(json_object_get(j, "FileStatus"), "length");
+    long long n = json_is_integer(len) ? (long long)json_integer_value(len) : -1;
+    json_decref(j);
+    H->http_response_free(r);
+    return n;
+}
+
+/* One file: CREATE (overwrite) with its first chunk, then APPEND at explicit offsets (the
+ * store refuses an offset that is not its length, so a repeated append cannot duplicate
+ * data: a refused one is checked against the file's length). */
+static ctarget_status upload_file(up_ctx *u, const char *full, const char *dst)
+{
+    int fd = open(full, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        H->error_set(u->err, CTARGET_E_IO, 0, errno, "cannot read %s", full);
+        return CTARGET_E_IO;
+    }
+    char *buf = malloc(UPLOAD_CHUNK);
+    ctarget_status rc = CTARGET_OK;
+    unsigned long long off = 0;
+    for (int first = 1;; first = 0) {
+        size_t n = 0;
+        while (n < UPLOAD_CHUNK) {
+            ssize_t got = read(fd, buf + n, UPLOAD_CHUNK - n);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got < 0) {
+                H->error_set(u->err, CTARGET_E_IO, 0, errno, "cannot read %s", full);
+                rc = CTARGET_E_IO;
+                break;
+            }
+            if (got == 0)
+                break;
+            n += (size_t)got;
+        }
+        if (rc || (!first && n == 0))
+            break;
+        if (first) {
+            rc = store_do(u->d, "PUT", dst, "op=CREATE&overwrite=true&write=true", buf, n, 201,
+                          200, NULL, u->err);
+        } else {
+            char q[96];
+            snprintf(q, sizeof q, "op=APPEND&append=true&offset=%llu", off);
+            char *url = store_url(u->d, dst, q);
+            ctarget_http_response *r = NULL;
+            rc = dl_http(u->d, "POST", url, "application/octet-stream", buf, n,
+                         CTARGET_HTTP_RETRY_UNSAFE, &r, u->err);
+            free(url);
+            if (!rc && r->status != 200) {
+                /* an append that arrived before its answer was lost: the length tells */
+                if (r->status == 400 && store_length(u->d, dst) == (long long)(off + n)) {
+                    rc = CTARGET_OK;
+                } else {
+                    char what[1200];
+                    snprintf(what, sizeof what, "APPEND %s at %llu on Data Lake Store %s", dst,
+                             off, u->d->a.store_ep);
+                    rc = http_fail(r, what, u->err);
+                }
+            }
+            if (r)
+                H->http_response_free(r);
+        }
+        if (rc)
+            break;
+        off += n;
+        u->bytes += n;
+        if (n < UPLOAD_CHUNK)
+            break;
+    }
+    free(buf);
+    close(fd);
+    return rc;
+}
+
 static ctarget_status upload_tree(up_ctx *u, const char *rel)
 {
     char *dir = *rel ? xasprintf("%s/%s", u->base, rel) : strdup(u->base);
@@ -864,21 +947,11 @@ static ctarget_status upload_tree(up_ctx *u, const char *rel)
         if (lstat(full, &st) == 0 && S_ISDIR(st.st_mode)) {
             rc = upload_tree(u, r);
         } else if (lstat(full, &st) == 0 && S_ISREG(st.st_mode) && strcmp(r, u->skip)) {
-            size_t n = 0;
-            char *data = read_all(full, (size_t)st.st_size, &n);
-            if (!data) {
-                H->error_set(u->err, CTARGET_E_IO, 0, errno, "cannot read %s", full);
-                rc = CTARGET_E_IO;
-            } else {
-                char *dst = xasprintf("%s%s", u->dst, r);
-                H->progress(u->d->c, "uploading to the default store", (uint64_t)u->files, 0);
-                rc = store_do(u->d, "PUT", dst, "op=CREATE&overwrite=true&write=true", data, n,
-                              201, 200, NULL, u->err);
-                free(dst);
-                u->files++;
-                u->bytes += n;
-                free(data);
-            }
+            char *dst = xasprintf("%s%s", u->dst, r);
+            H->progress(u->d->c, "uploading to the default store", (uint64_t)u->files, 0);
+            rc = upload_file(u, full, dst);
+            free(dst);
+            u->files++;
         }
         free(full);
         free(r);
@@ -1218,7 +1291,8 @@ static ctarget_status ad_poll(void *p, ctarget_call *c, ctarget_target *t,
     (void)p;
     const char *jid = hget(run, "job_id");
     if (!jid) {
-        out->state = CTARGET_RUN_QUEUED;
+        /* cancelled before a job existed: nothing runs anywhere */
+        out->state = hint(run, "cancelled", 0) ? CTARGET_RUN_CANCELED : CTARGET_RUN_QUEUED;
         snprintf(out->native_state, sizeof out->native_state, "NotSubmitted");
         return CTARGET_OK;
     }
@@ -1356,8 +1430,11 @@ static ctarget_status ad_cancel(void *p, ctarget_call *c, ctarget_target *t,
 {
     (void)p;
     const char *jid = hget(run, "job_id");
-    if (!jid)
-        return CTARGET_OK; /* nothing submitted: poll reports it as never started */
+    if (!jid) {
+        /* nothing submitted: poll reports it canceled */
+        H->obj_set_int(run->handle, "cancelled", 1);
+        return CTARGET_OK;
+    }
     char jidc[64];
     snprintf(jidc, sizeof jidc, "%s", jid);
     dl d;

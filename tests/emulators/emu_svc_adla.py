@@ -3,7 +3,7 @@
 HTTPS port, data plane "adla": PUT/GET /Jobs/{id}, GET /Jobs, POST /Jobs/{id}/CancelJob,
 api-version 2016-11-01, every request body validated against the official job.json) and the
 account's default Data Lake Store as WebHDFS over a local directory (data plane "adls":
-/webhdfs/v1/PATH?op=MKDIRS|CREATE|OPEN|LISTSTATUS|GETFILESTATUS|DELETE).
+/webhdfs/v1/PATH?op=MKDIRS|CREATE|APPEND|OPEN|LISTSTATUS|GETFILESTATUS|DELETE).
 
 A job is U-SQL run by adla_usql.py, one local process per phase (compile, then run), with real
 results: compile errors end the job Failed with the service's errorMessage (errorId, message,
@@ -470,6 +470,16 @@ def store_plane(h, path, body):
             f.write(body)
         os.replace(full + ".emu-tmp", full)
         return h.send(201, None)
+    if op == "APPEND" and m == "POST":
+        if not os.path.isfile(full):
+            return remote(h, 404, "FileNotFoundException", "File/Folder does not exist: %s" % rel)
+        size = os.path.getsize(full)
+        if "offset" in h.q and int(h.q["offset"] or -1) != size:
+            return remote(h, 400, "BadOffsetException", "APPEND failed with error 0x83090aa2 "
+                          "(Bad offset). The offset %s is not the file's length %d." % (h.q["offset"], size))
+        with open(full, "ab") as f:
+            f.write(body)
+        return h.send(200, None)
     if op == "OPEN" and m == "GET":
         if not os.path.isfile(full):
             return remote(h, 404, "FileNotFoundException", "File/Folder does not exist: %s" % rel)
