@@ -340,6 +340,8 @@ static void t04b_large_input_appended(void)
                                    "Extractors.Csv();\n"
                                    "@s = SELECT COUNT(*) AS n, SUM(v) AS total FROM @rows;\n"
                                    "OUTPUT @s TO @CTARGET_OUTPUTS_DIR + \"sum/s.csv\" USING "
+                                   "Outputters.Csv();\n"
+                                   "OUTPUT @rows TO @CTARGET_OUTPUTS_DIR + \"sum/all.csv\" USING "
                                    "Outputters.Csv();\n");
     char *in = fmt("%s/inputs/big", src);
     mkdir(in, 0755);
@@ -359,6 +361,14 @@ static void t04b_large_input_appended(void)
     CU_ASSERT_STRING_EQUAL(csv ? csv : "", "600000,2700000\n");
     CU_ASSERT_EQUAL(azfix_count(&FX, "POST", "big\\.csv$"), 1);  /* 6 MB: CREATE + 1 APPEND */
     CU_ASSERT_EQUAL(azfix_count(&FX, "PUT", "big\\.csv$"), 1);
+    /* the 6 MB output comes back whole, in two ranged reads */
+    char *allp = rl_run_file(ws, id, "outputs/sum/all.csv");
+    char *all = tl_read_file(allp), *orig = tl_read_file(p);
+    CU_ASSERT(all && orig && strlen(all) == strlen(orig) && !strcmp(all, orig));
+    CU_ASSERT_EQUAL(azfix_count(&FX, "GET", "all\\.csv$"), 2);
+    free(orig);
+    free(all);
+    free(allp);
     free(csv);
     free(out);
     free(st);

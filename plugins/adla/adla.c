@@ -1462,6 +1462,65 @@ static ctarget_status ad_cancel(void *p, ctarget_call *c, ctarget_target *t,
     return rc;
 }
 
+/* one file of the store into dst (written to a temporary name, renamed when complete), in
+ * ranged OPENs of UPLOAD_CHUNK bytes; total is the listed length (-1: unknown, read until a
+ * short answer) */
+static ctarget_status download_file(dl *d, const char *src, const char *dst, long long total,
+                                    ctarget_error *err)
+{
+    char *tmp = xasprintf("%s.part", dst);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        H->error_set(err, CTARGET_E_IO, 0, errno, "cannot write %s", tmp);
+        free(tmp);
+        return CTARGET_E_IO;
+    }
+    ctarget_status rc = CTARGET_OK;
+    unsigned long long off = 0;
+    while (total < 0 || off < (unsigned long long)total) {
+        char q[128];
+        snprintf(q, sizeof q, "op=OPEN&read=true&offset=%llu&length=%zu", off, UPLOAD_CHUNK);
+        ctarget_http_response *f = NULL;
+        if ((rc = store_do(d, "GET", src, q, NULL, 0, 200, 200, &f, err)))
+            break;
+        size_t w = 0;
+        while (w < f->body_len) {
+            ssize_t n = write(fd, f->body + w, f->body_len - w);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                H->error_set(err, CTARGET_E_IO, 0, errno, "cannot write %s", tmp);
+                rc = CTARGET_E_IO;
+                break;
+            }
+            w += (size_t)n;
+        }
+        size_t got = f->body_len;
+        H->http_response_free(f);
+        off += got;
+        if (rc || got < UPLOAD_CHUNK)
+            break;
+    }
+    if (close(fd) != 0 && !rc) {
+        H->error_set(err, CTARGET_E_IO, 0, errno, "cannot write %s", tmp);
+        rc = CTARGET_E_IO;
+    }
+    if (!rc && total >= 0 && off != (unsigned long long)total) {
+        H->error_set(err, CTARGET_E_REMOTE, 1, 0, "%s on Data Lake Store %s: got %llu of its "
+                     "%lld bytes (it changed while read?): fetch the outputs again", src,
+                     d->a.store_ep, off, total);
+        rc = CTARGET_E_REMOTE;
+    }
+    if (!rc && rename(tmp, dst) != 0) {
+        H->error_set(err, CTARGET_E_IO, 0, errno, "cannot rename %s", tmp);
+        rc = CTARGET_E_IO;
+    }
+    if (rc)
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
 /* downloads the store folder src (ends with '/') into the local dir dst, recursively */
 static ctarget_status download_tree(dl *d, const char *src, const char *dst, int depth,
                                     int *files, ctarget_error *err)
@@ -1512,16 +1571,11 @@ static ctarget_status download_tree(dl *d, const char *src, const char *dst, int
             rc = download_tree(d, s3, d2, depth + 1, files, err);
             free(s3);
         } else {
-            ctarget_http_response *f = NULL;
-            rc = store_do(d, "GET", s2, "op=OPEN&read=true", NULL, 0, 200, 200, &f, err);
-            if (!rc) {
-                if (write_file(d2, f->body, f->body_len, 0644)) {
-                    H->error_set(err, CTARGET_E_IO, 0, errno, "cannot write %s", d2);
-                    rc = CTARGET_E_IO;
-                }
-                H->http_response_free(f);
+            json_t *jl = json_object_get(e, "length");
+            long long total = json_is_integer(jl) ? (long long)json_integer_value(jl) : -1;
+            rc = download_file(d, s2, d2, total, err);
+            if (!rc)
                 (*files)++;
-            }
         }
         free(s2);
         free(d2);
