@@ -448,6 +448,18 @@ static void t06_step_keys_checked(void)
     free(reason);
     free(st);
     free(id);
+    /* more AUs than the account allows (its maxDegreeOfParallelism, 30) */
+    id = submit_step(ws, src, "{\"degree_of_parallelism\": 31, \"script_parameters\": "
+                              "{\"min_score\": 1}}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    st = wait_done(ws, id);
+    CU_ASSERT_STRING_EQUAL(st ? st : "", "Failed");
+    reason = run_field(ws, id, "reason");
+    CU_ASSERT(tl_contains(reason, "degree_of_parallelism 31 is more than account"));
+    CU_ASSERT(tl_contains(reason, "(30)"));
+    free(reason);
+    free(st);
+    free(id);
     free(src);
 }
 

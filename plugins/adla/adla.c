@@ -99,6 +99,7 @@ typedef struct ad_acct {
     char *sub, *rg, *name, *rid;  /* ARM */
     char *job_ep, *store_ep;      /* no trailing '/' */
     char *store_name;
+    long long max_dop;            /* the account's maxDegreeOfParallelism, 0: unknown */
 } ad_acct;
 
 static void acct_clear(ad_acct *a)
@@ -215,6 +216,8 @@ static ctarget_status acct_get(az_ctx *az, ad_acct *a, json_t **res, ctarget_err
 static void acct_endpoints_from(ctarget_target *t, ad_acct *a, json_t *res)
 {
     json_t *p = json_object_get(res, "properties");
+    json_t *md = json_object_get(p, "maxDegreeOfParallelism");
+    a->max_dop = json_is_integer(md) ? (long long)json_integer_value(md) : 0;
     const char *ep = json_string_value(json_object_get(p, "endpoint"));
     const char *st = json_string_value(json_object_get(p, "defaultDataLakeStoreAccount"));
     free(a->store_name);
@@ -243,6 +246,8 @@ static ctarget_status acct_for_run(az_ctx *az, ctarget_target *t, ad_acct *a, ct
     a->store_ep = cfg(t, "store_endpoint") ? trim_slash(cfg(t, "store_endpoint"))
                   : se ? strdup(se) : NULL;
     a->store_name = sn ? strdup(sn) : NULL;
+    json_t *md = json_object_get(j, "max_degree_of_parallelism");
+    a->max_dop = json_is_integer(md) ? (long long)json_integer_value(md) : 0;
     json_decref(j);
     if (a->job_ep && a->store_ep)
         return CTARGET_OK;
@@ -526,9 +531,10 @@ static ctarget_status ad_attach(void *p, ctarget_call *c, ctarget_target *t, cta
         goto out;
     }
     json_t *p_ = json_object_get(res, "properties");
-    json_t *saved = json_pack("{s:s, s:s, s:s, s:s, s:s?}", "account", d.a.name, "resource_id",
-                              d.a.rid, "job_endpoint", d.a.job_ep, "store_endpoint", d.a.store_ep,
-                              "default_store", d.a.store_name);
+    json_t *saved = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:I}", "account", d.a.name,
+                              "resource_id", d.a.rid, "job_endpoint", d.a.job_ep,
+                              "store_endpoint", d.a.store_ep, "default_store", d.a.store_name,
+                              "max_degree_of_parallelism", (json_int_t)d.a.max_dop);
     char *text = json_dumps(saved, JSON_SORT_KEYS);
     char *path = state_path(t, "account.json");
     if (!path || !text || write_file(path, text, strlen(text), 0600)) {
@@ -977,6 +983,7 @@ static ctarget_status ad_prepare(void *p, ctarget_call *c, ctarget_target *t,
     json_decref(s.j);
     if (rc)
         return rc;
+    long long dop = s.dop;
     size_t sl = strlen(run->script);
     if (sl < 5 || strcasecmp(run->script + sl - 5, ".usql")) {
         H->error_set(err, CTARGET_E_CONFIG, 0, 0,
@@ -1016,6 +1023,15 @@ static ctarget_status ad_prepare(void *p, ctarget_call *c, ctarget_target *t,
     dl d;
     if ((rc = dl_open(c, t, &d, 1, err)))
         goto out;
+    if (d.a.max_dop > 0 && dop > d.a.max_dop) {
+        H->error_set(err, CTARGET_E_CONFIG, 0, 0,
+                     "degree_of_parallelism %lld is more than account '%s' allows (%lld): lower "
+                     "the step's or the target's degree_of_parallelism", dop, d.a.name,
+                     d.a.max_dop);
+        dl_close(&d);
+        rc = CTARGET_E_CONFIG;
+        goto out;
+    }
     char *dst = run_dir(run);
     up_ctx u = {.d = &d, .base = snap, .dst = dst, .skip = run->script, .err = err};
     rc = upload_tree(&u, "");

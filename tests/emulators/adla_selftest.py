@@ -150,6 +150,10 @@ def main():
     for i, (body, what) in enumerate(bad):
         st, b, _ = req(JOB_PORT, "PUT", "/Jobs/0000000%d-0000-4000-8000-000000000000?%s" % (i, av), body, tok)
         check("a job body with %s is refused (400)" % what, st == 400, "%s %s" % (st, b))
+    st, b, _ = req(JOB_PORT, "PUT", "/Jobs/00000009-0000-4000-8000-000000000000?" + av,
+                   {"name": "n", "type": "USql", "degreeOfParallelism": 31,
+                    "properties": {"type": "USql", "script": "x"}}, tok)
+    check("more AUs than the account's maxDegreeOfParallelism: 400", st == 400, (st, b))
     st, b, _ = req(JOB_PORT, "PUT", "/Jobs/not-a-guid?" + av,
                    {"name": "n", "type": "USql", "properties": {"type": "USql", "script": "x"}}, tok)
     check("a job id that is no GUID is refused", st == 400, st)

@@ -47,6 +47,7 @@ ACCOUNT_RX = re.compile(r"^/subscriptions/[^/]+/resourceGroups/([^/]+)/providers
                         r"/accounts/([^/]+)/?$", re.I)
 GUID_RX = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 MAX_JOBS = 200
+MAX_DOP = 30
 TERMINAL = "Ended"
 
 
@@ -122,7 +123,7 @@ def account_view(emu, rg, name):
                                                       "name": st.store_name,
                                                       "type": "Microsoft.DataLakeAnalytics/accounts/dataLakeStoreAccounts",
                                                       "properties": {"suffix": "azuredatalakestore.net"}}],
-                           "maxDegreeOfParallelism": 30, "maxJobCount": 3, "queryStoreRetention": 30,
+                           "maxDegreeOfParallelism": MAX_DOP, "maxJobCount": 3, "queryStoreRetention": 30,
                            "creationTime": "2026-01-01T00:00:00.000Z",
                            "lastModifiedTime": "2026-01-01T00:00:00.000Z"}}
 
@@ -387,6 +388,9 @@ def job_plane(h, path, body):
                             "schema: %s" % "; ".join(errs[:5]))
         if req.get("type") != "USql" or req.get("properties", {}).get("type") != "USql":
             raise HttpError(400, "UnsupportedJobType", "The emulator runs U-SQL jobs only (type USql).")
+        if int(req.get("degreeOfParallelism") or 1) > MAX_DOP:
+            raise HttpError(400, "InvalidDegreeOfParallelism", "The requested degree of parallelism "
+                            "%s exceeds the account's maximum of %d." % (req["degreeOfParallelism"], MAX_DOP))
         if len(req["properties"].get("script", "").encode()) > 3 * 1024 * 1024:
             raise HttpError(400, "ScriptTooLarge", "The script exceeds the maximum size of 3 MB.")
         with emu.lock:
