@@ -627,23 +627,42 @@ static void t16_aad_token_for_the_data_plane(void)
 {
     CU_ASSERT_FATAL(FX_ok);
     char *ws = tl_tmpdir("dbxws16");
-    char *rid = fmt("resource_id=%s", RID);
+    /* the workspace by its parts this time, and ARM throttles the first GET */
+    char *sub = fmt("subscription_id=%s", FX.subscription_id);
+    char *rg = fmt("resource_group=%s", FX.resource_group);
     char *cl = fmt("existing_cluster_id=%s", CLUSTER);
-    tl_result r = attach(ws, "attach", "dbxaad", NULL, A("--set", rid, "--set", cl));
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"method\":\"GET\",\"path\":\"Microsoft.Databricks/"
+                                     "workspaces/dbx-ctarget$\",\"status\":429,"
+                                     "\"retry_after\":1,\"count\":1}"), 0);
+    tl_result r = attach(ws, "attach", "dbxaad", NULL,
+                         A("--set", sub, "--set", rg, "--set", "workspace_name=dbx-ctarget",
+                           "--set", cl));
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
     json_t *rq = azfix_requests(&FX);
     size_t i;
     json_t *x;
-    int aad = 0;
-    json_array_foreach(rq, i, x) aad += !strcmp(jstr(x, "auth"), "aad");
+    int aad = 0, throttled = 0;
+    json_array_foreach(rq, i, x)
+    {
+        aad += !strcmp(jstr(x, "auth"), "aad");
+        throttled += json_integer_value(json_object_get(x, "status")) == 429 &&
+                     tl_contains(jstr(x, "path"), "Microsoft.Databricks");
+    }
     CU_ASSERT(aad >= 1);
+    CU_ASSERT_EQUAL(throttled, 1);
     json_decref(rq);
+    /* by parts, the same workspace is still one identity: a second name is refused */
+    r = attach(ws, "attach", "dbxaad2", NULL,
+               A("--set", sub, "--set", rg, "--set", "workspace_name=dbx-ctarget"));
+    CU_ASSERT_EQUAL(r.status, 5);
+    tl_result_free(&r);
+    free(sub);
+    free(rg);
     r = ct(ws, A("compute", "detach", "dbxaad"));
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
     free(cl);
-    free(rid);
     free(ws);
 }
 
