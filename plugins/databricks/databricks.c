@@ -1157,8 +1157,8 @@ static json_t *submit_body(ctarget_target *t, const ctarget_run_info *run, json_
     json_t *params = json_array();
     for (size_t i = 0; i < run->n_args; i++)
         json_array_append_new(params, json_string(run->args[i]));
-    json_array_extend(params, json_object_get(s, "parameters") ? json_object_get(s, "parameters")
-                                                               : json_array());
+    if (json_object_get(s, "parameters"))
+        json_array_extend(params, json_object_get(s, "parameters"));
     char *dir = run_dir(run);
     if (!strcmp(task, "python")) {
         json_t *a = json_pack("[s, s]", dir, "--");
