@@ -572,6 +572,7 @@ static void t13_step_keys_checked_before_submit(void)
                         "both existing_cluster_id and new_cluster");
     expect_step_refused("{\"num_workers\":\"two\",\"new_cluster\":{}}", "'num_workers'");
     expect_step_refused("{\"task\":\"jar\"}", "main_class_name");
+    expect_step_refused("{\"base_parameters\":{\"a\":\"b\"}}", "applies only to task notebook");
 }
 
 static void t14_new_cluster_with_num_workers(void)
@@ -855,9 +856,23 @@ static void t20_detach(void)
     tl_result_free(&r);
     /* the workspace itself is untouched: attachable again */
     char *rid = fmt("resource_id=%s", RID), *tok = fmt("access_token=file:%s", PAT_FILE);
-    r = attach(WS, "attach", "dbx2", NULL, A("--set", rid, "--set", tok));
+    char *bad = fmt("workspace_url=http://127.0.0.1:%d", azfix_service_port(&FX, "databricks"));
+    r = attach(WS, "attach", "dbx2", NULL, A("--set", rid, "--set", tok, "--set", bad));
+    CU_ASSERT_EQUAL(r.status, 3); /* never plain http */
+    CU_ASSERT(tl_contains(r.err, "workspace_url"));
+    tl_result_free(&r);
+    /* with the data plane given directly (workspace_url overrides ARM's workspaceUrl) */
+    char *wu = fmt("workspace_url=https://127.0.0.1:%d/", azfix_service_port(&FX, "databricks"));
+    r = attach(WS, "attach", "dbx2", NULL, A("--set", rid, "--set", tok, "--set", wu));
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
+    r = ct(WS, A("compute", "show", "dbx2", "-o", "json"));
+    char *dp = fmt("https://127.0.0.1:%d", azfix_service_port(&FX, "databricks"));
+    CU_ASSERT(tl_contains(r.out, dp));
+    tl_result_free(&r);
+    free(dp);
+    free(wu);
+    free(bad);
     free(rid);
     free(tok);
     /* nothing of any test left running in the emulator */

@@ -942,6 +942,15 @@ static ctarget_status check_step(ctarget_target *t, const ctarget_run_info *run,
         json_array_foreach(v, i, x) if (!json_is_object(x)) return bad_key(
             err, "libraries", "must be a list of library objects");
     }
+    if (run->env_kind != CTARGET_ENV_USER || run->docker_image) {
+        H->error_set(err, CTARGET_E_UNSUPPORTED, 0, 0,
+                     "databricks steps run in the cluster's own Python: drop the %s environment "
+                     "and give the packages as step libraries, e.g. \"libraries\": "
+                     "[{\"pypi\": {\"package\": \"scikit-learn==1.5.0\"}}]",
+                     run->docker_image ? "docker" : run->env_kind == CTARGET_ENV_PIP ? "pip"
+                                                                                 : "conda");
+        return CTARGET_E_UNSUPPORTED;
+    }
     const char *script = run->script ? run->script : "";
     if (!strcmp(*task, "python") && !ends_with(script, ".py"))
         return bad_key(err, "task", "python needs a .py script (use task notebook or jar)");
@@ -1195,6 +1204,11 @@ static json_t *submit_body(ctarget_target *t, const ctarget_run_info *run, json_
     json_t *to = json_object_get(s, "timeout_seconds");
     if (to)
         json_object_set(tk, "timeout_seconds", to);
+    else if (run->timeout_seconds > 0 && run->timeout_seconds < 2000000000LL - 300)
+        /* the core enforces the run's limit through cancel; this backstop ends the run on the
+         * service side too, should no monitor be left to cancel it */
+        json_object_set_new(tk, "timeout_seconds",
+                            json_integer((json_int_t)(run->timeout_seconds + 300)));
     json_decref(params);
     free(dir);
     const char *rn = json_string_value(json_object_get(s, "run_name"));
