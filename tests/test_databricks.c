@@ -273,6 +273,14 @@ static void t03_attach_unknown_workspace(void)
     CU_ASSERT_EQUAL(r.status, 4);
     CU_ASSERT(tl_contains(r.err, "nosuchws"));
     tl_result_free(&r);
+    /* a default cluster the workspace does not have */
+    char *rid2 = fmt("resource_id=%s", RID);
+    r = attach(ws, "attach", "dbxnone", NULL,
+               A("--set", rid2, "--set", tok, "--set", "existing_cluster_id=0000-000000-nope"));
+    CU_ASSERT_EQUAL(r.status, 4);
+    CU_ASSERT(tl_contains(r.err, "0000-000000-nope"));
+    tl_result_free(&r);
+    free(rid2);
     /* not a Databricks id at all */
     r = attach(ws, "attach", "dbxnone", NULL,
                A("--set", "resource_id=/subscriptions/x/resourceGroups/y/providers/"
@@ -573,6 +581,19 @@ static void t13_step_keys_checked_before_submit(void)
     expect_step_refused("{\"num_workers\":\"two\",\"new_cluster\":{}}", "'num_workers'");
     expect_step_refused("{\"task\":\"jar\"}", "main_class_name");
     expect_step_refused("{\"base_parameters\":{\"a\":\"b\"}}", "applies only to task notebook");
+    /* refused by the service at submit: Databricks' words and the fix */
+    char *src = source_dir("dbxsrc13b", "train.py", "print('x')\n");
+    char *id = step(WS, "dbx", src, "train.py", NULL, "{\"existing_cluster_id\":\"0000-gone\"}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_NOT_EQUAL(wait_run(WS, id), 0);
+    json_t *j = show_run(WS, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "Cluster 0000-gone does not exist"));
+    if (!tl_contains(jstr(j, "reason"), "Cluster 0000-gone does not exist"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    free(id);
+    free(src);
 }
 
 static void t14_new_cluster_with_num_workers(void)

@@ -466,8 +466,13 @@ static ctarget_status dbx_call(dbx *d, const char *method, const char *path, con
                      "access_token=env:VAR, or give the Azure identity access to the workspace",
                      d->what, code ? code : "HTTP", msg ? msg : "refused");
     else
-        H->error_set(err, ec, transient, 0, "%s: %s %s: HTTP %ld %s: %s", d->what, method, path,
-                     st, code ? code : "error", msg ? msg : "(no message)");
+        H->error_set(err, ec, transient, 0, "%s: %s %s: HTTP %ld %s: %s: %s", d->what, method,
+                     path, st, code ? code : "error", msg ? msg : "(no message)",
+                     st == 429 ? "the workspace is throttling requests: try again later"
+                     : st >= 500 ? "the service failed: try again later"
+                     : ec == CTARGET_E_CONFIG ? "fix the step's keys or the target's settings"
+                     : ec == CTARGET_E_NOT_FOUND ? "check that it still exists in the workspace"
+                                                 : "see Databricks' message");
     json_decref(j);
     H->http_response_free(rs);
     free(url);
@@ -670,6 +675,12 @@ static ctarget_status dbx_validate(void *p, ctarget_call *c, ctarget_target *t, 
     return CTARGET_OK;
 }
 
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
 static ctarget_status dbx_attach(void *p, ctarget_call *c, ctarget_target *t, ctarget_obj *facts,
                                  ctarget_error *err)
 {
@@ -706,6 +717,21 @@ static ctarget_status dbx_attach(void *p, ctarget_call *c, ctarget_target *t, ct
     if (!rc) {
         json_t *cl = NULL;
         rc = dbx_call(&d, "GET", "2.0/clusters/list", NULL, NULL, 0, &cl, NULL, err);
+        const char *want = cfg(t, "existing_cluster_id");
+        if (!rc && want) {
+            size_t i;
+            json_t *x;
+            int found = 0;
+            json_array_foreach(json_object_get(cl, "clusters"), i, x)
+                found |= !strcmp(jstr(x, "cluster_id"), want);
+            if (!found) {
+                H->error_set(err, CTARGET_E_NOT_FOUND, 0, 0,
+                             "existing_cluster_id %s is not a cluster of %s: give the id of one "
+                             "(Compute > cluster > Configuration > JSON) or leave it unset",
+                             want, d.what);
+                rc = CTARGET_E_NOT_FOUND;
+            }
+        }
         if (!rc) {
             H->obj_set_int(facts, "clusters", (long long)json_array_size(json_object_get(cl, "clusters")));
             H->obj_set_str(facts, "data_plane", d.url);
