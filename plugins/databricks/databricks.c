@@ -358,7 +358,10 @@ static ctarget_status dbx_open(ctarget_call *c, ctarget_target *t, dbx *d, ctarg
     d->c = c;
     d->t = t;
     const char *rid = cfg(t, "resource_id"), *name = cfg(t, "workspace_name");
-    d->what = xfmt("Databricks workspace %s", name ? name : rid ? rid : H->target_name(t));
+    const char *tail = rid ? strrchr(rid, '/') : NULL;
+    if (!name && tail && tail[1])
+        name = tail + 1;
+    d->what = xfmt("Databricks workspace %s", name ? name : H->target_name(t));
     ctarget_status rc = dbx_url(c, t, &d->url, err);
     if (rc) {
         dbx_close(d);
