@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1115,6 +1116,22 @@ static ctarget_status import_notebook(dbx *d, const ctarget_run_info *run, const
     return rc;
 }
 
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)ftw;
+    return (flag == FTW_DP ? rmdir(path) : unlink(path)) != 0 && errno != ENOENT;
+}
+
+/* removes a directory tree (never following links); 0 when it is gone */
+static int rm_tree(const char *dir)
+{
+    struct stat st;
+    if (lstat(dir, &st) != 0)
+        return errno == ENOENT ? 0 : -1;
+    return nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
+}
+
 static ctarget_status dbx_prepare(void *p, ctarget_call *c, ctarget_target *t,
                                   const ctarget_run_info *run, ctarget_error *err)
 {
@@ -1133,10 +1150,8 @@ static ctarget_status dbx_prepare(void *p, ctarget_call *c, ctarget_target *t,
     }
     char *dir = run_dir(run), *snap = xfmt("%s/snapshot", dir);
     char *local = xfmt("%s/snapshot", run->work_dir);
-    char *rm = xfmt("rm -rf '%s'", local);
-    if (system(rm) != 0)
+    if (rm_tree(local) != 0)
         H->log(c, CTARGET_LOG_DEBUG, "could not clear %s", local);
-    free(rm);
     rc = dbfs_delete(&d, dir, err); /* a repeated prepare starts clean */
     if (!rc)
         rc = H->snapshot_materialize(c, run->snapshot_id, local, err);
