@@ -55,7 +55,20 @@ def init(emu):
     S.update(lock=threading.RLock(), pools={}, jobs={}, port=None, emu=emu)
     emu.cfg.setdefault("batch_pool_alloc_ms", 300)
     S["accounts"] = {"ctbatch": {"location": emu.seed.get("location", "westeurope")}}
+    seed_pools()
     S["port"] = emu.data_plane(NAME, plane)
+
+
+SEED_POOL = {"id": "ctpool", "vmSize": "STANDARD_D2_V2", "targetDedicatedNodes": 1,
+             "virtualMachineConfiguration": {"imageReference": {"publisher": "canonical", "offer": "ubuntu-24_04-lts",
+                                                                "sku": "server", "version": "latest"},
+                                             "nodeAgentSKUId": "batch.node.ubuntu 24.04"}}
+
+
+def seed_pools():
+    """The seed's existing pool (an attached account has pools already): ctpool, 1 node, steady."""
+    S["pools"]["ctpool"] = {"id": "ctpool", "doc": dict(SEED_POOL), "created": time.time() - 3600,
+                            "state": "active", "alloc_s": 0, "etag": "0x8D45765A6A2DC04", "resize_error": None}
 
 
 def state(emu):
@@ -75,6 +88,7 @@ def reset(emu, st):
         with S["lock"]:
             S["pools"].clear()
             S["jobs"].clear()
+            seed_pools()
 
 
 def stop(emu):
