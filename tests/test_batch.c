@@ -1,3 +1,774 @@
+/* The batch plugin end to end: the real ctarget command and core (steps through tests/steplib,
+ * the core's step path) against the Azure emulator's Batch service (tests/emulators/
+ * emu_svc_batch.py: ARM batchAccounts, a data plane whose tasks really run as local processes
+ * after downloading their resource files from Azurite through the SAS URLs the plugin made).
+ *
+ * Every target authenticates as the emulator's service principal (client_secret=file:PATH,
+ * outside the workspace), the storage key likewise; TLS is verified with the fixture's CA. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "azfix.h"
+#include "steplib.h"
 #include "testlib.h"
-static void add(CU_pSuite s) { (void)s; }
-int main(int argc, char **argv) { return tl_main(argc, argv, "test_batch", add); }
+
+#define A(...) ((const char *const[]){__VA_ARGS__, NULL})
+/* Azurite's well-known account key (public; still never to be found in a workspace) */
+#define AZURITE_KEY                                                                         \
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+static azfix FX;
+static int FX_ok;
+static char *SECRET_FILE, *BAD_SECRET_FILE, *KEY_FILE;
+static char *CA_ENV;
+static char *WS;              /* the shared workspace: target "btmain" on account ctbatch */
+static int bt_ok;
+
+static char *fmt(const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    char *s = NULL;
+    if (vasprintf(&s, f, ap) < 0)
+        abort();
+    va_end(ap);
+    return s;
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static tl_result ct(const char *ws, const char *const args[])
+{
+    const char *env[] = {CA_ENV, "AZURE_CLIENT_SECRET=", "AZURE_CLIENT_ID=", "AZURE_TENANT_ID=",
+                         NULL};
+    return tl_ctarget_run(ws, NULL, env, args);
+}
+
+/* compute VERB NAME --type batch + the fixture's settings + extra (NULL-terminated) */
+static tl_result compute_add(const char *ws, const char *verb, const char *name,
+                             const char *account, const char *secret_file,
+                             const char *const extra[])
+{
+    const char *argv[80];
+    char *own[16];
+    size_t n = 0, k = 0;
+    argv[n++] = "compute";
+    argv[n++] = verb;
+    argv[n++] = name;
+    argv[n++] = "--type";
+    argv[n++] = "batch";
+#define SET(...) (argv[n++] = "--set", argv[n++] = own[k++] = fmt(__VA_ARGS__))
+    SET("account_name=%s", account ? account : "ctbatch");
+    SET("resource_group=%s", FX.resource_group);
+    SET("subscription_id=%s", FX.subscription_id);
+    SET("arm_endpoint=%s", FX.arm);
+    SET("aad_endpoint=%s", FX.aad);
+    SET("tenant_id=%s", FX.tenant_id);
+    SET("client_id=%s", FX.client_id);
+    SET("client_secret=file:%s", secret_file ? secret_file : SECRET_FILE);
+    SET("storage_account=devstoreaccount1");
+    SET("storage_endpoint=%s", FX.blob);
+    SET("storage_key=file:%s", KEY_FILE);
+#undef SET
+    for (size_t i = 0; extra && extra[i] && n < 78; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    tl_result r = ct(ws, argv);
+    for (size_t i = 0; i < k; i++)
+        free(own[i]);
+    return r;
+}
+
+static json_t *out_json(const tl_result *r)
+{
+    json_t *j = json_loads(r->out ? r->out : "", 0, NULL);
+    if (!j)
+        tl_dump("not JSON", r);
+    return j;
+}
+
+static json_t *show_run(const char *ws, const char *id)
+{
+    tl_result r = ct(ws, A("run", "show", id, "-o", "json"));
+    json_t *j = r.status == 0 ? out_json(&r) : NULL;
+    tl_result_free(&r);
+    return j;
+}
+
+static char *run_logs(const char *ws, const char *id)
+{
+    tl_result r = ct(ws, A("run", "logs", id));
+    char *s = r.out ? r.out : strdup("");
+    r.out = NULL;
+    tl_result_free(&r);
+    return s;
+}
+
+static int wait_run(const char *ws, const char *id)
+{
+    tl_result r = ct(ws, A("run", "wait", id, "--timeout", "60"));
+    int st = r.status;
+    tl_result_free(&r);
+    return st;
+}
+
+/* bounded polling of `run logs` for needle */
+static int wait_log(const char *ws, const char *id, const char *needle, long ms)
+{
+    long long end = tl_now_ms() + ms;
+    while (tl_now_ms() < end) {
+        char *l = run_logs(ws, id);
+        int hit = tl_contains(l, needle);
+        free(l);
+        if (hit)
+            return 1;
+        usleep(100 * 1000);
+    }
+    return 0;
+}
+
+static const char *shared_ws(void)
+{
+    if (WS || !FX_ok)
+        return WS;
+    WS = tl_tmpdir("btws");
+    tl_result r = compute_add(WS, "attach", "btmain", NULL, NULL, A("--set", "pool_id=ctpool"));
+    TL_ASSERT_EXIT(r, 0);
+    bt_ok = r.status == 0;
+    tl_result_free(&r);
+    return WS;
+}
+
+static char *source_dir(const char *tag, const char *script, const char *text, int mode)
+{
+    char *src = tl_tmpdir(tag);
+    char *p = tl_path(src, script);
+    CU_ASSERT_EQUAL(tl_write_file(p, text), 0);
+    chmod(p, (mode_t)mode);
+    free(p);
+    return src;
+}
+
+static char *step(const char *ws, const char *src, const char *script, const char *const args[],
+                  const char *const env[], const char *json)
+{
+    char err[1024];
+    char *id = sl_step_submit(ws, "btmain", src, script, args, env, "batch", json, err, sizeof err);
+    if (!id)
+        printf("step refused: %s\n", err);
+    return id;
+}
+
+static char *lower_job(const char *id)
+{
+    char *j = fmt("ctarget-%s", id);
+    for (char *p = j; *p; p++)
+        *p = (char)(isalnum((unsigned char)*p) || *p == '-' || *p == '_' ? tolower((unsigned char)*p)
+                                                                         : '-');
+    return j;
+}
+
+/* the emulator's record of a Batch job (owned), or NULL */
+static json_t *emu_job(const char *id)
+{
+    json_t *st = azfix_state(&FX);
+    char *jid = lower_job(id);
+    json_t *j = json_object_get(json_object_get(json_object_get(st, "batch"), "jobs"), jid);
+    json_incref(j);
+    free(jid);
+    json_decref(st);
+    return j;
+}
+
+/* ---- compute: attach, refusals, status, detach ------------------------------------------- */
+
+static void t01_attach(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    tl_result r = ct(ws, A("compute", "show", "btmain", "-o", "json"));
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "account_url"));
+    CU_ASSERT(tl_contains(r.out, "https://127.0.0.1:"));
+    tl_result_free(&r);
+    r = ct(ws, A("compute", "status", "btmain", "-o", "json"));
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "Succeeded"));
+    CU_ASSERT(tl_contains(r.out, "ctpool"));
+    tl_result_free(&r);
+    /* the data plane was called with a Batch token: GET /pools on the batch server */
+    json_t *reqs = azfix_requests(&FX);
+    size_t i, n = 0;
+    json_t *q;
+    json_array_foreach(reqs, i, q) n += !strcmp(jstr(q, "server"), "batch") &&
+                                        !strcmp(jstr(q, "path"), "/pools") &&
+                                        json_integer_value(json_object_get(q, "status")) == 200;
+    CU_ASSERT(n >= 1);
+    json_decref(reqs);
+}
+
+static void t02_attach_bad_credentials(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws2");
+    tl_result r = compute_add(ws, "attach", "badcred", NULL, BAD_SECRET_FILE, NULL);
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "AADSTS7000215") || tl_contains(r.err, "secret"));
+    CU_ASSERT(!tl_contains(r.err, "not-the-secret"));
+    tl_result_free(&r);
+    r = ct(ws, A("compute", "list", "-o", "json"));
+    CU_ASSERT(!tl_contains(r.out, "badcred"));
+    tl_result_free(&r);
+    free(ws);
+}
+
+static void t03_attach_unknown_account(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws3");
+    tl_result r = compute_add(ws, "attach", "nosuch", "nosuchacct", NULL, NULL);
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "nosuchacct"));
+    CU_ASSERT(tl_contains(r.err, "ResourceNotFound") || tl_contains(r.err, "not found"));
+    tl_result_free(&r);
+    free(ws);
+}
+
+static void t04_double_attach_refused(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    tl_result r = compute_add(ws, "attach", "btsecond", NULL, NULL, NULL);
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "btmain"));
+    tl_result_free(&r);
+}
+
+static void t05_create_refused(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws5");
+    tl_result r = compute_add(ws, "create", "newbatch", NULL, NULL, NULL);
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "cannot be created"));
+    tl_result_free(&r);
+    free(ws);
+}
+
+static void t06_plain_run_refused(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = source_dir("btsrc6", "s.py", "print('hi')\n", 0644);
+    tl_result r = ct(ws, A("run", "submit", "--target", "btmain", "--source", src, "--script", "s.py"));
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "pipeline"));
+    tl_result_free(&r);
+    free(src);
+}
+
+static void t07_detach(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws7");
+    tl_result r = compute_add(ws, "attach", "gone", NULL, NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = ct(ws, A("compute", "detach", "gone"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = ct(ws, A("compute", "list", "-o", "json"));
+    CU_ASSERT(!tl_contains(r.out, "\"gone\""));
+    tl_result_free(&r);
+    /* the account is still there for the next attach */
+    r = compute_add(ws, "attach", "again", NULL, NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    free(ws);
+}
+
+/* ---- steps -------------------------------------------------------------------------------- */
+
+static const char STEP_PY[] =
+    "import json, os, sys\n"
+    "inp = os.environ['CTARGET_INPUT_DATA']\n"
+    "out = os.environ['CTARGET_OUTPUT_RESULT']\n"
+    "data = open(os.path.join(inp, 'in.txt')).read()\n"
+    "print('step read %d bytes' % len(data), flush=True)\n"
+    "print('args', ' '.join(sys.argv[1:]))\n"
+    "print('outputs dir ok', os.environ['CTARGET_OUTPUTS_DIR'] == os.path.join(os.getcwd(), 'outputs'))\n"
+    "print('run id', os.environ['CTARGET_RUN_ID'])\n"
+    "sys.stderr.write('to stderr\\n')\n"
+    "os.makedirs(out, exist_ok=True)\n"
+    "open(os.path.join(out, 'r.txt'), 'w').write(data.upper())\n"
+    "os.makedirs('logs', exist_ok=True)\n"
+    "open('logs/extra.log', 'w').write('log line\\n')\n"
+    "open(os.environ['CTARGET_METRICS_FILE'], 'a').write(json.dumps({'name': 'acc', 'value': 0.5, 'step': 1}) + '\\n')\n";
+
+static char *step_source(const char *tag)
+{
+    char *src = source_dir(tag, "step.py", STEP_PY, 0644);
+    char *d = tl_path(src, "inputs");
+    mkdir(d, 0755);
+    char *d2 = tl_path(d, "data");
+    mkdir(d2, 0755);
+    char *f = tl_path(d2, "in.txt");
+    CU_ASSERT_EQUAL(tl_write_file(f, "hello batch\n"), 0);
+    free(f);
+    free(d2);
+    free(d);
+    return src;
+}
+
+static const char *const STEP_ENV[] = {"CTARGET_INPUT_DATA=inputs/data",
+                                       "CTARGET_OUTPUT_RESULT=outputs/result", NULL};
+
+static void t10_step_completes(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = step_source("btsrc10");
+    char *id = step(ws, src, "step.py", A("a", "b c"), STEP_ENV, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    json_t *h = json_object_get(j, "handle");
+    CU_ASSERT_STRING_EQUAL(jstr(h, "pool_id"), "ctpool");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(h, "snapshot_files")), 2);
+    json_decref(j);
+    char *logs = run_logs(ws, id);
+    CU_ASSERT(tl_contains(logs, "step read 12 bytes"));
+    CU_ASSERT(tl_contains(logs, "args a b c"));
+    CU_ASSERT(tl_contains(logs, "outputs dir ok True"));
+    CU_ASSERT(tl_contains(logs, "to stderr"));
+    char *rid = fmt("run id %s", id);
+    CU_ASSERT(tl_contains(logs, rid));
+    if (!tl_contains(logs, "step read"))
+        printf("logs: %s\n", logs);
+    free(rid);
+    free(logs);
+    char *rel = fmt("runs/%s/outputs/result/r.txt", id);
+    char *p = tl_path(ws, rel);
+    char *got = tl_read_file(p);
+    CU_ASSERT_STRING_EQUAL(got ? got : "", "HELLO BATCH\n");
+    free(got);
+    free(p);
+    free(rel);
+    rel = fmt("runs/%s/logs/extra.log", id);
+    p = tl_path(ws, rel);
+    got = tl_read_file(p);
+    CU_ASSERT_STRING_EQUAL(got ? got : "", "log line\n");
+    free(got);
+    free(p);
+    free(rel);
+    /* metrics came through */
+    tl_result r = ct(ws, A("run", "show", id, "-o", "json"));
+    CU_ASSERT(tl_contains(r.out, "acc"));
+    tl_result_free(&r);
+    /* delete_job_after_finish (default true): the job is gone from the service */
+    json_t *ej = emu_job(id);
+    CU_ASSERT_PTR_NULL(ej);
+    json_decref(ej);
+
+    /* the same sources again: every content blob is there already, nothing is uploaded */
+    char *id2 = step(ws, src, "step.py", NULL, STEP_ENV, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id2);
+    CU_ASSERT_EQUAL(wait_run(ws, id2), 0);
+    j = show_run(ws, id2);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(j, "handle"),
+                                                       "uploaded_blobs")), 0);
+    json_decref(j);
+    free(id2);
+    free(id);
+    free(src);
+}
+
+static void t11_failing_executable(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = source_dir("btsrc11", "fail.sh", "#!/bin/sh\necho failing now\nexit 3\n", 0755);
+    char *id = step(ws, src, "fail.sh", NULL, NULL, "{\"executable_kind\":\"binary\"}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_NOT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "exited with code 3"));
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "exit_code")), 3);
+    if (!tl_contains(jstr(j, "reason"), "code 3"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    char *logs = run_logs(ws, id);
+    CU_ASSERT(tl_contains(logs, "failing now"));
+    free(logs);
+    free(id);
+    free(src);
+}
+
+static void t12_service_fails_task(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"batch\",\"action\":\"fail_task\","
+                                     "\"path\":\"/tasks/main$\",\"code\":\"TaskFailedOnService\","
+                                     "\"message\":\"The node could not start the task (emulated)\"}"),
+                    0);
+    char *src = source_dir("btsrc12", "s.py", "print('never')\n", 0644);
+    char *id = step(ws, src, "s.py", NULL, NULL, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_NOT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "TaskFailedOnService"));
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "could not start the task (emulated)"));
+    json_decref(j);
+    free(id);
+    free(src);
+}
+
+static void t13_cancel(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = source_dir("btsrc13", "long.py",
+                           "import time\nprint('up', flush=True)\ntime.sleep(120)\n", 0644);
+    char *id = step(ws, src, "long.py", NULL, NULL, "{\"delete_job_after_finish\":false}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT(wait_log(ws, id, "up", 30000));
+    json_t *ej = emu_job(id);
+    json_t *task = json_object_get(json_object_get(ej, "tasks"), "main");
+    long long pid = json_integer_value(json_object_get(task, "pid"));
+    CU_ASSERT(json_is_true(json_object_get(task, "running")));
+    CU_ASSERT(pid > 0);
+    json_decref(ej);
+    tl_result r = ct(ws, A("run", "cancel", id));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    wait_run(ws, id);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Canceled");
+    json_decref(j);
+    /* nothing left running: the task completed, its process group gone */
+    ej = emu_job(id);
+    task = json_object_get(json_object_get(ej, "tasks"), "main");
+    CU_ASSERT_STRING_EQUAL(jstr(task, "state"), "completed");
+    CU_ASSERT(json_is_false(json_object_get(task, "running")));
+    json_decref(ej);
+    int gone = 0;
+    for (int i = 0; i < 100 && !gone; i++) {
+        gone = pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+        if (!gone)
+            usleep(50 * 1000);
+    }
+    CU_ASSERT(gone);
+    free(id);
+    free(src);
+}
+
+static void t14_429_and_500_retried(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    azfix_reset(&FX);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"batch\",\"method\":\"POST\",\"path\":\"^/jobs$\","
+                                     "\"status\":500,\"count\":1}"), 0);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"batch\",\"method\":\"GET\","
+                                     "\"path\":\"/tasks/main$\",\"status\":429,"
+                                     "\"retry_after\":1,\"count\":2}"), 0);
+    char *src = source_dir("btsrc14", "s.py", "print('through the storm')\n", 0644);
+    char *id = step(ws, src, "s.py", NULL, NULL, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    json_decref(j);
+    json_t *reqs = azfix_requests(&FX);
+    size_t i, n429 = 0, n500 = 0;
+    json_t *q;
+    json_array_foreach(reqs, i, q) {
+        if (strcmp(jstr(q, "server"), "batch") || !json_object_get(q, "fault"))
+            continue;
+        long long st = json_integer_value(json_object_get(q, "status"));
+        n429 += st == 429;
+        n500 += st == 500;
+    }
+    CU_ASSERT_EQUAL(n429, 2);
+    CU_ASSERT_EQUAL(n500, 1);
+    json_decref(reqs);
+    char *logs = run_logs(ws, id);
+    CU_ASSERT(tl_contains(logs, "through the storm"));
+    free(logs);
+    free(id);
+    free(src);
+}
+
+static void t15_preempted_node_restarts(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"batch\",\"action\":\"node_preempted\","
+                                     "\"path\":\"/tasks/main$\",\"count\":1}"), 0);
+    char *src = source_dir("btsrc15", "p.py",
+                           "import os, time\nprint('attempt starts', flush=True)\ntime.sleep(0.3)\n"
+                           "os.makedirs('outputs', exist_ok=True)\n"
+                           "open('outputs/done.txt', 'w').write('done')\nprint('finished')\n",
+                           0644);
+    char *id = step(ws, src, "p.py", NULL, NULL, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "attempt")), 2);
+    CU_ASSERT_STRING_EQUAL(jstr(json_object_get(j, "handle"), "task_id"), "main-a2");
+    json_decref(j);
+    char *logs = run_logs(ws, id);
+    CU_ASSERT(tl_contains(logs, "finished"));
+    free(logs);
+    char *rel = fmt("runs/%s/outputs/done.txt", id);
+    char *p = tl_path(ws, rel);
+    char *got = tl_read_file(p);
+    CU_ASSERT_STRING_EQUAL(got ? got : "", "done");
+    free(got);
+    free(p);
+    free(rel);
+    free(id);
+    free(src);
+}
+
+static void t16_created_pool(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    const char *cp = "{\"create_pool\":{\"vm_size\":\"STANDARD_D2_V2\",\"image\":{\"publisher\":"
+                     "\"canonical\",\"offer\":\"ubuntu-24_04-lts\",\"sku\":\"server\"},"
+                     "\"node_agent_sku_id\":\"batch.node.ubuntu 24.04\","
+                     "\"target_dedicated_nodes\":1},\"delete_pool_after_finish\":true}";
+    char *src = source_dir("btsrc16", "s.py", "print('on my own pool')\n", 0644);
+    char *id = step(ws, src, "s.py", NULL, NULL, cp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    char *pool = strdup(jstr(json_object_get(j, "handle"), "pool_id"));
+    CU_ASSERT(!strncmp(pool, "ctarget-pool-", 13));
+    json_decref(j);
+    /* deleted after the step: gone or deleting */
+    json_t *st = azfix_state(&FX);
+    json_t *pl = json_object_get(json_object_get(json_object_get(st, "batch"), "pools"), pool);
+    CU_ASSERT(!pl || !strcmp(jstr(pl, "state"), "deleting"));
+    json_decref(st);
+    free(pool);
+    free(id);
+
+    /* a pool that cannot get its nodes fails the step with the service's resize error */
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"batch\",\"action\":\"pool_resize_error\","
+                                     "\"path\":\"/pools/ctarget-pool-\",\"code\":\"AllocationFailed\","
+                                     "\"message\":\"No capacity for STANDARD_D2_V2 (emulated)\"}"),
+                    0);
+    id = step(ws, src, "s.py", NULL, NULL, cp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_NOT_EQUAL(wait_run(ws, id), 0);
+    j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "AllocationFailed"));
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "No capacity"));
+    if (!tl_contains(jstr(j, "reason"), "AllocationFailed"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    free(id);
+    free(src);
+}
+
+static void t17_bad_step_keys(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = source_dir("btsrc17", "s.py", "print('x')\n", 0644);
+    struct {
+        const char *json, *needle;
+    } cases[] = {
+        {"{\"pool\":\"x\"}", "'pool'"},
+        {"{\"delete_job_after_finish\":\"yes\"}", "delete_job_after_finish"},
+        {"{\"executable_kind\":\"jar\"}", "executable_kind"},
+        {"{\"create_pool\":{\"vm_size\":\"S\"}}", "create_pool"},
+        {"{\"pool_id\":\"nosuchpool\"}", "nosuchpool"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[1024];
+        char *id = sl_step_submit(ws, "btmain", src, "s.py", NULL, NULL, "batch", cases[i].json, err,
+                                  sizeof err);
+        const char *msg = err;
+        json_t *j = NULL;
+        if (id) {
+            CU_ASSERT_NOT_EQUAL(wait_run(ws, id), 0);
+            j = show_run(ws, id);
+            CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+            msg = jstr(j, "reason");
+        }
+        CU_ASSERT(tl_contains(msg, cases[i].needle));
+        if (!tl_contains(msg, cases[i].needle))
+            printf("case %s: %s\n", cases[i].json, msg);
+        json_decref(j);
+        free(id);
+    }
+    free(src);
+}
+
+/* ---- secrets, the official examples, the official client ---------------------------------- */
+
+static void grep_dir_for(const char *dir, const char *needle)
+{
+    char *hit = tl_tree_grep(dir, needle, strlen(needle));
+    if (hit)
+        printf("secret-like '%.8s...' found in %s\n", needle, hit);
+    CU_ASSERT(hit == NULL);
+    free(hit);
+}
+
+static void t20_secrets_nowhere(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    grep_dir_for(ws, FX.client_secret);
+    grep_dir_for(ws, AZURITE_KEY);
+    grep_dir_for(ws, "sig=");
+    grep_dir_for(ws, "Bearer ");
+    grep_dir_for(ws, "emu.");
+    tl_result r = ct(ws, A("compute", "show", "btmain", "-o", "json"));
+    CU_ASSERT(!tl_contains(r.out, FX.client_secret) && !tl_contains(r.out, AZURITE_KEY));
+    tl_result_free(&r);
+}
+
+static char **env_with_batch(void)
+{
+    size_t n = 0;
+    while (FX.env[n])
+        n++;
+    char **e = calloc(n + 2, sizeof *e);
+    for (size_t i = 0; i < n; i++)
+        e[i] = FX.env[i];
+    e[n] = fmt("AZFIX_BATCH_URL=https://127.0.0.1:%d", azfix_service_port(&FX, "batch"));
+    return e;
+}
+
+static void t21_examples_replayed(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *script = fmt("%s/tests/emulators/batch_replay.py", tl_srcdir());
+    const char *argv[] = {"python3", script, "--dir", FX.dir, NULL};
+    char **e = env_with_batch();
+    tl_result r = tl_exec(argv, NULL, (const char *const *)e);
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "ok - Pools_CreatePool"));
+    CU_ASSERT(!tl_contains(r.out, "not ok"));
+    if (tl_contains(r.out, "not ok"))
+        tl_dump("batch_replay.py", &r);
+    tl_result_free(&r);
+    size_t n = 0;
+    while (e[n])
+        n++;
+    free(e[n - 1]);
+    free(e);
+    free(script);
+}
+
+static void t22_official_client(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    CU_ASSERT_FATAL(azfix_node_modules() != NULL);
+    char *script = fmt("%s/tests/emulators/sdk/batch.mjs", tl_srcdir());
+    const char *argv[] = {"node", script, NULL};
+    char **e = env_with_batch();
+    tl_result r = tl_exec(argv, NULL, (const char *const *)e);
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "ok - task.get: completed"));
+    CU_ASSERT(!tl_contains(r.out, "not ok"));
+    if (tl_contains(r.out, "not ok") || r.status)
+        tl_dump("sdk/batch.mjs", &r);
+    tl_result_free(&r);
+    size_t n = 0;
+    while (e[n])
+        n++;
+    free(e[n - 1]);
+    free(e);
+    free(script);
+}
+
+static void t23_nothing_left_running(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    json_t *st = azfix_state(&FX);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(st, "batch"), "running")), 0);
+    json_decref(st);
+}
+
+/* ---- setup ---------------------------------------------------------------------------------- */
+
+static void add(CU_pSuite s)
+{
+    char *pp = fmt("%s/plugins/batch/.libs%s%s", tl_builddir(),
+                   getenv("CTARGET_PLUGIN_PATH") ? ":" : "",
+                   getenv("CTARGET_PLUGIN_PATH") ? getenv("CTARGET_PLUGIN_PATH") : "");
+    setenv("CTARGET_PLUGIN_PATH", pp, 1);
+    free(pp);
+    azfix_opts o = {.lro_ms = 200, .job_phase_ms = 50};
+    FX_ok = azfix_start(&FX, &o) == 0;
+    if (!FX_ok) {
+        fprintf(stderr, "test_batch: the Azure emulator fixture did not start\n");
+    } else {
+        CA_ENV = fmt("CTARGET_CA_BUNDLE=%s", FX.ca_bundle);
+        /* the run monitors sl_step_submit starts inherit this process's environment */
+        setenv("CTARGET_CA_BUNDLE", FX.ca_bundle, 1);
+        unsetenv("AZURE_CLIENT_SECRET");
+        char *dir = tl_tmpdir("btsecret");
+        SECRET_FILE = tl_path(dir, "sp-secret");
+        BAD_SECRET_FILE = tl_path(dir, "sp-wrong");
+        KEY_FILE = tl_path(dir, "storage-key");
+        tl_write_file(SECRET_FILE, FX.client_secret);
+        tl_write_file(BAD_SECRET_FILE, "not-the-secret");
+        tl_write_file(KEY_FILE, AZURITE_KEY);
+        chmod(SECRET_FILE, 0600);
+        chmod(KEY_FILE, 0600);
+        free(dir);
+        azfix_config(&FX, "{\"batch_pool_alloc_ms\":200}");
+    }
+    TL_ADD(s, t01_attach);
+    TL_ADD(s, t02_attach_bad_credentials);
+    TL_ADD(s, t03_attach_unknown_account);
+    TL_ADD(s, t04_double_attach_refused);
+    TL_ADD(s, t05_create_refused);
+    TL_ADD(s, t06_plain_run_refused);
+    TL_ADD(s, t07_detach);
+    TL_ADD(s, t10_step_completes);
+    TL_ADD(s, t11_failing_executable);
+    TL_ADD(s, t12_service_fails_task);
+    TL_ADD(s, t13_cancel);
+    TL_ADD(s, t14_429_and_500_retried);
+    TL_ADD(s, t15_preempted_node_restarts);
+    TL_ADD(s, t16_created_pool);
+    TL_ADD(s, t17_bad_step_keys);
+    TL_ADD(s, t20_secrets_nowhere);
+    TL_ADD(s, t21_examples_replayed);
+    TL_ADD(s, t22_official_client);
+    TL_ADD(s, t23_nothing_left_running);
+}
+
+int main(int argc, char **argv)
+{
+    return tl_main(argc, argv, "test_batch", add);
+}

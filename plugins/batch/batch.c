@@ -1304,6 +1304,11 @@ static ctarget_status bt_submit(void *p, ctarget_call *c, ctarget_target *t,
     batch_id("", "main", attempt_of(run), task, sizeof task);
     hset(run, "task_id", task);
     hseti(run, "cancel_requested", 0);
+    if (attempt_of(run) > 1 && hint(run, "base_attempt", 1) != attempt_of(run)) {
+        hseti(run, "base_attempt", attempt_of(run));
+        hseti(run, "log_base", hint(run, "log_seen", hint(run, "log_base", 0)));
+        hseti(run, "metrics_base", hint(run, "metrics_seen", hint(run, "metrics_base", 0)));
+    }
     /* the job (an earlier attempt or monitor may have made it: 409 is ours) */
     json_t *jb = json_pack("{s:s, s:{s:s}, s:s}", "id", job, "poolInfo", "poolId", pool,
                            "displayName", run->id);
@@ -1519,9 +1524,14 @@ static ctarget_status bt_read_logs(void *p, ctarget_call *c, ctarget_target *t,
     ctarget_status rc = bt_open(c, t, hget(run, "account_url"), &b, err);
     if (rc)
         return rc;
-    rc = file_read(&b, run, stream == CTARGET_STREAM_LOG ? "stdout.txt"
-                                                         : "wd/outputs/.ctarget_metrics.jsonl",
-                   offset, out, arg, NULL, err);
+    /* the stream runs on across attempts: an attempt's task starts at log_base */
+    int log = stream == CTARGET_STREAM_LOG;
+    uint64_t base = (uint64_t)hint(run, log ? "log_base" : "metrics_base", 0), got = 0;
+    uint64_t off = offset > base ? offset - base : 0;
+    rc = file_read(&b, run, log ? "stdout.txt" : "wd/outputs/.ctarget_metrics.jsonl", off, out,
+                   arg, &got, err);
+    if (!rc)
+        hseti(run, log ? "log_seen" : "metrics_seen", (long long)(base + off + got));
     bt_free(&b);
     return rc;
 }
