@@ -226,6 +226,7 @@ static void t02_attach_bad_credentials(void)
     char *ws = tl_tmpdir("btws2");
     tl_result r = compute_add(ws, "attach", "badcred", NULL, BAD_SECRET_FILE, NULL);
     CU_ASSERT_NOT_EQUAL(r.status, 0);
+    printf("t02_attach_bad_credentials: %s", r.err ? r.err : "");
     CU_ASSERT(tl_contains(r.err, "AADSTS7000215") || tl_contains(r.err, "secret"));
     CU_ASSERT(!tl_contains(r.err, "not-the-secret"));
     tl_result_free(&r);
@@ -241,6 +242,7 @@ static void t03_attach_unknown_account(void)
     char *ws = tl_tmpdir("btws3");
     tl_result r = compute_add(ws, "attach", "nosuch", "nosuchacct", NULL, NULL);
     CU_ASSERT_NOT_EQUAL(r.status, 0);
+    printf("t03_attach_unknown_account: %s", r.err ? r.err : "");
     CU_ASSERT(tl_contains(r.err, "nosuchacct"));
     CU_ASSERT(tl_contains(r.err, "ResourceNotFound") || tl_contains(r.err, "not found"));
     tl_result_free(&r);
@@ -253,6 +255,7 @@ static void t04_double_attach_refused(void)
     CU_ASSERT_FATAL(ws && bt_ok);
     tl_result r = compute_add(ws, "attach", "btsecond", NULL, NULL, NULL);
     CU_ASSERT_NOT_EQUAL(r.status, 0);
+    printf("t04_double_attach_refused: %s", r.err ? r.err : "");
     CU_ASSERT(tl_contains(r.err, "btmain"));
     tl_result_free(&r);
 }
@@ -263,6 +266,7 @@ static void t05_create_refused(void)
     char *ws = tl_tmpdir("btws5");
     tl_result r = compute_add(ws, "create", "newbatch", NULL, NULL, NULL);
     CU_ASSERT_NOT_EQUAL(r.status, 0);
+    printf("t05_create_refused: %s", r.err ? r.err : "");
     CU_ASSERT(tl_contains(r.err, "cannot be created"));
     tl_result_free(&r);
     free(ws);
@@ -275,6 +279,7 @@ static void t06_plain_run_refused(void)
     char *src = source_dir("btsrc6", "s.py", "print('hi')\n", 0644);
     tl_result r = ct(ws, A("run", "submit", "--target", "btmain", "--source", src, "--script", "s.py"));
     CU_ASSERT_NOT_EQUAL(r.status, 0);
+    printf("t06_plain_run_refused: %s", r.err ? r.err : "");
     CU_ASSERT(tl_contains(r.err, "pipeline"));
     tl_result_free(&r);
     free(src);
@@ -410,8 +415,7 @@ static void t11_failing_executable(void)
     CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
     CU_ASSERT(tl_contains(jstr(j, "reason"), "exited with code 3"));
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "exit_code")), 3);
-    if (!tl_contains(jstr(j, "reason"), "code 3"))
-        printf("reason: %s\n", jstr(j, "reason"));
+    printf("reason: %s\n", jstr(j, "reason"));
     json_decref(j);
     char *logs = run_logs(ws, id);
     CU_ASSERT(tl_contains(logs, "failing now"));
@@ -587,8 +591,14 @@ static void t16_created_pool(void)
     CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
     CU_ASSERT(tl_contains(jstr(j, "reason"), "AllocationFailed"));
     CU_ASSERT(tl_contains(jstr(j, "reason"), "No capacity"));
-    if (!tl_contains(jstr(j, "reason"), "AllocationFailed"))
-        printf("reason: %s\n", jstr(j, "reason"));
+    printf("reason: %s\n", jstr(j, "reason"));
+    /* delete_pool_after_finish: the useless pool was not left behind */
+    pool = strdup(jstr(json_object_get(j, "handle"), "pool_id"));
+    st = azfix_state(&FX);
+    pl = json_object_get(json_object_get(json_object_get(st, "batch"), "pools"), pool);
+    CU_ASSERT(*pool && (!pl || !strcmp(jstr(pl, "state"), "deleting")));
+    json_decref(st);
+    free(pool);
     json_decref(j);
     free(id);
     free(src);
@@ -621,8 +631,7 @@ static void t17_bad_step_keys(void)
             msg = jstr(j, "reason");
         }
         CU_ASSERT(tl_contains(msg, cases[i].needle));
-        if (!tl_contains(msg, cases[i].needle))
-            printf("case %s: %s\n", cases[i].json, msg);
+        printf("case %s: %s\n", cases[i].json, msg);
         json_decref(j);
         free(id);
     }

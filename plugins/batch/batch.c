@@ -1230,8 +1230,21 @@ static ctarget_status bt_prepare(void *p, ctarget_call *c, ctarget_target *t,
         bt_resp_clear(&r);
         free(pp);
     }
-    if (!rc && s.create_pool)
+    if (!rc && s.create_pool) {
         rc = pool_wait(&b, pool, err);
+        if (rc && rc != CTARGET_E_CANCELED && s.delete_pool) {
+            /* a pool that got no nodes is of no use to anyone: do not leave it behind */
+            char *pp;
+            pool_path(pool, &pp);
+            ctarget_error e2;
+            memset(&e2, 0, sizeof e2);
+            e2.struct_size = sizeof e2;
+            bt_resp r;
+            bt_call(&b, "DELETE", pp, NULL, NULL, NULL, BT_OK_404, "deleting the pool", &r, &e2);
+            bt_resp_clear(&r);
+            free(pp);
+        }
+    }
     bt_free(&b);
     json_decref(s.j);
     return rc;
