@@ -638,6 +638,49 @@ static void t17_bad_step_keys(void)
     free(src);
 }
 
+/* the run monitor killed mid-run: its replacement reattaches from the handle, one task only,
+ * the log whole and in order */
+static const char NUMBERED[] =
+    "import time\n"
+    "for i in range(40):\n"
+    "    print('line %02d of the numbered run' % i, flush=True)\n"
+    "    time.sleep(0.04)\n";
+
+static void t18_monitor_killed(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = source_dir("btsrc18", "numbered.py", NUMBERED, 0644);
+    char *id = step(ws, src, "numbered.py", NULL, NULL, "{\"delete_job_after_finish\":false}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT(wait_log(ws, id, "line 03", 30000));
+    json_t *j = show_run(ws, id);
+    long pid = (long)json_integer_value(json_object_get(json_object_get(j, "monitor"), "pid"));
+    json_decref(j);
+    CU_ASSERT(pid > 1);
+    if (pid > 1) {
+        CU_ASSERT_EQUAL(kill((pid_t)pid, SIGKILL), 0);
+        for (int i = 0; i < 200 && kill((pid_t)pid, 0) == 0; i++)
+            usleep(10 * 1000);
+    }
+    CU_ASSERT_EQUAL(wait_run(ws, id), 0);
+    j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "monitor"), "starts")) >= 2);
+    json_decref(j);
+    char *log = run_logs(ws, id);
+    char want[40 * 40] = "";
+    for (int i = 0; i < 40; i++)
+        sprintf(want + strlen(want), "line %02d of the numbered run\n", i);
+    CU_ASSERT_STRING_EQUAL(log, want);
+    free(log);
+    json_t *ej = emu_job(id);
+    CU_ASSERT_EQUAL(json_object_size(json_object_get(ej, "tasks")), 1);
+    json_decref(ej);
+    free(id);
+    free(src);
+}
+
 /* ---- secrets, the official examples, the official client ---------------------------------- */
 
 static void grep_dir_for(const char *dir, const char *needle)
@@ -771,6 +814,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t15_preempted_node_restarts);
     TL_ADD(s, t16_created_pool);
     TL_ADD(s, t17_bad_step_keys);
+    TL_ADD(s, t18_monitor_killed);
     TL_ADD(s, t20_secrets_nowhere);
     TL_ADD(s, t21_examples_replayed);
     TL_ADD(s, t22_official_client);
