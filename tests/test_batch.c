@@ -58,6 +58,7 @@ static tl_result ct(const char *ws, const char *const args[])
 }
 
 /* compute VERB NAME --type batch + the fixture's settings + extra (NULL-terminated) */
+static int NO_STORAGE; /* compute_add without storage_account/storage_key */
 static tl_result compute_add(const char *ws, const char *verb, const char *name,
                              const char *account, const char *secret_file,
                              const char *const extra[])
@@ -79,9 +80,11 @@ static tl_result compute_add(const char *ws, const char *verb, const char *name,
     SET("tenant_id=%s", FX.tenant_id);
     SET("client_id=%s", FX.client_id);
     SET("client_secret=file:%s", secret_file ? secret_file : SECRET_FILE);
-    SET("storage_account=devstoreaccount1");
     SET("storage_endpoint=%s", FX.blob);
-    SET("storage_key=file:%s", KEY_FILE);
+    if (!NO_STORAGE) {
+        SET("storage_account=devstoreaccount1");
+        SET("storage_key=file:%s", KEY_FILE);
+    }
 #undef SET
     for (size_t i = 0; extra && extra[i] && n < 78; i++)
         argv[n++] = extra[i];
@@ -692,6 +695,42 @@ static void grep_dir_for(const char *dir, const char *needle)
     free(hit);
 }
 
+/* no storage settings: the Batch account's auto-storage (its key through ARM listKeys) */
+static void t19_auto_storage(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws19");
+    NO_STORAGE = 1;
+    tl_result r = compute_add(ws, "attach", "btauto", NULL, NULL, A("--set", "pool_id=ctpool"));
+    NO_STORAGE = 0;
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    char *src = step_source("btsrc19");
+    char err[1024];
+    char *id = sl_step_submit(ws, "btauto", src, "step.py", NULL, STEP_ENV, "batch", NULL, err,
+                              sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    if (strcmp(jstr(j, "status"), "Completed"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    CU_ASSERT_EQUAL(azfix_count(&FX, "POST", "/Microsoft\\.Storage/storageAccounts/devstoreaccount1/listKeys$") > 0, 1);
+    char *rel = fmt("runs/%s/outputs/result/r.txt", id);
+    char *p = tl_path(ws, rel);
+    char *got = tl_read_file(p);
+    CU_ASSERT_STRING_EQUAL(got ? got : "", "HELLO BATCH\n");
+    free(got);
+    free(p);
+    free(rel);
+    grep_dir_for(ws, AZURITE_KEY);
+    grep_dir_for(ws, "sig=");
+    free(id);
+    free(src);
+    free(ws);
+}
+
 static void t20_secrets_nowhere(void)
 {
     const char *ws = shared_ws();
@@ -815,6 +854,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t16_created_pool);
     TL_ADD(s, t17_bad_step_keys);
     TL_ADD(s, t18_monitor_killed);
+    TL_ADD(s, t19_auto_storage);
     TL_ADD(s, t20_secrets_nowhere);
     TL_ADD(s, t21_examples_replayed);
     TL_ADD(s, t22_official_client);

@@ -88,7 +88,8 @@ static const ctarget_config_key keys[] = {
     K(.name = "pool_id", .type = CTARGET_KEY_STRING,
       .help = "pool that steps run on unless the step names pool_id or create_pool"),
     K(.name = "storage_account", .type = CTARGET_KEY_STRING,
-      .help = "storage account for the steps' files (resource files: the snapshot)"),
+      .help = "storage account for the steps' files (resource files: the snapshot); default: "
+              "the Batch account's auto-storage account (its key through ARM listKeys)"),
     K(.name = "storage_endpoint", .type = CTARGET_KEY_STRING,
       .help = "its blob endpoint; default: https://STORAGE_ACCOUNT.blob.core.windows.net"),
     K(.name = "storage_container", .type = CTARGET_KEY_STRING,
@@ -852,6 +853,63 @@ static void store_close(store *s)
     memset(s, 0, sizeof *s);
 }
 
+#define STORAGE_API "2023-05-01"
+
+/* The Batch account's auto-storage account: its name and a key (listKeys through ARM; the key
+ * is held in memory only).  CTARGET_E_NOT_FOUND when the account has none. */
+static ctarget_status auto_storage(bt *b, char **account, char **key, ctarget_error *err)
+{
+    *account = *key = NULL;
+    json_t *acc = NULL;
+    ctarget_status rc = arm_account(b, &acc, err);
+    if (rc)
+        return rc;
+    const char *sid = json_string_value(json_object_get(
+        json_object_get(json_object_get(acc, "properties"), "autoStorage"), "storageAccountId"));
+    az_rid rid;
+    memset(&rid, 0, sizeof rid);
+    if (!sid || az_rid_parse(sid, &rid)) {
+        json_decref(acc);
+        H->error_set(err, CTARGET_E_NOT_FOUND, 0, 0,
+                     "batch target '%s' has no storage for the step's files and Batch account "
+                     "'%s' has no auto-storage account: set storage_account and storage_key or "
+                     "storage_sas (ctarget compute update %s --set ...)",
+                     H->target_name(b->t), b->account, H->target_name(b->t));
+        return CTARGET_E_NOT_FOUND;
+    }
+    char *path = xfmt("%s/listKeys", sid);
+    char what[300];
+    snprintf(what, sizeof what, "storage account '%s' (the Batch account's auto-storage)",
+             rid.name);
+    az_arm_req rq = {.method = "POST", .path = path, .api_version = STORAGE_API, .what = what};
+    az_arm_resp rs;
+    memset(&rs, 0, sizeof rs);
+    rc = az_arm_call(b->az, &rq, AZ_RETRY_SAFE, &rs, err);
+    free(path);
+    json_t *k0 = json_array_get(json_object_get(rs.body, "keys"), 0);
+    const char *kv = json_string_value(json_object_get(k0, "value"));
+    if (!rc && !kv) {
+        H->error_set(err, CTARGET_E_AUTH, 0, 0, "%s answered listKeys without a key: set "
+                     "storage_key or storage_sas", what);
+        rc = CTARGET_E_AUTH;
+    }
+    if (!rc) {
+        *account = strdup(rid.name);
+        *key = strdup(kv);
+        /* the parsed body's copy of the key: overwritten before it is freed */
+        size_t kl = strlen(kv);
+        char *x = malloc(kl + 1);
+        memset(x, 'x', kl);
+        x[kl] = '\0';
+        json_string_set(json_object_get(k0, "value"), x);
+        free(x);
+    }
+    az_arm_resp_clear(&rs);
+    az_rid_clear(&rid);
+    json_decref(acc);
+    return rc;
+}
+
 static ctarget_status store_open(bt *b, store *s, ctarget_error *err)
 {
     memset(s, 0, sizeof *s);
@@ -860,20 +918,34 @@ static ctarget_status store_open(bt *b, store *s, ctarget_error *err)
     const char *cont = cfg(t, "storage_container");
     if (!cont)
         cont = BATCH_DEFAULT_CONTAINER;
+    char *key = NULL, *sas = NULL, *auto_acc = NULL;
+    ctarget_status rc;
     if (!acc) {
-        H->error_set(err, CTARGET_E_CONFIG, 0, 0,
-                     "batch target '%s' has no storage for the step's files: set storage_account "
-                     "and storage_key or storage_sas (ctarget compute update %s --set ...)",
-                     H->target_name(t), H->target_name(t));
-        return CTARGET_E_CONFIG;
+        ctarget_error e0;
+        memset(&e0, 0, sizeof e0);
+        e0.struct_size = sizeof e0;
+        char *probe = NULL;
+        int have = H->secret_get1(t, "storage_key", &probe, &e0) != CTARGET_E_NOT_FOUND ||
+                   H->secret_get1(t, "storage_sas", &probe, &e0) != CTARGET_E_NOT_FOUND;
+        if (probe)
+            H->secret_free(probe);
+        if (have) {
+            H->error_set(err, CTARGET_E_CONFIG, 0, 0,
+                         "batch target '%s' has storage_key or storage_sas but no "
+                         "storage_account: set storage_account", H->target_name(t));
+            return CTARGET_E_CONFIG;
+        }
+        /* no storage of its own: the Batch account's auto-storage */
+        if ((rc = auto_storage(b, &auto_acc, &key, err)))
+            return rc;
+        acc = auto_acc;
     }
     char *endpoint = ep ? url_of_endpoint(ep) : xfmt("https://%s.blob.core.windows.net", acc);
     s->base = xfmt("%s/%s", endpoint, cont);
-    char *key = NULL, *sas = NULL;
     ctarget_error e2;
     memset(&e2, 0, sizeof e2);
     e2.struct_size = sizeof e2;
-    ctarget_status rc = H->secret_get1(t, "storage_key", &key, &e2);
+    rc = key ? CTARGET_OK : H->secret_get1(t, "storage_key", &key, &e2);
     if (rc == CTARGET_E_NOT_FOUND) {
         rc = H->secret_get1(t, "storage_sas", &sas, &e2);
         if (rc == CTARGET_E_NOT_FOUND) {
@@ -881,12 +953,14 @@ static ctarget_status store_open(bt *b, store *s, ctarget_error *err)
                          "batch target '%s' has no storage credential: set storage_key or "
                          "storage_sas (a secret: env:VAR or file:PATH)", H->target_name(t));
             free(endpoint);
+            free(auto_acc);
             return CTARGET_E_CONFIG;
         }
     }
     if (rc) {
         H->error_set(err, rc, 0, 0, "%s", e2.message);
         free(endpoint);
+        free(auto_acc);
         return rc;
     }
     if (key) {
@@ -902,7 +976,10 @@ static ctarget_status store_open(bt *b, store *s, ctarget_error *err)
         }
         if (!rc)
             rc = az_blob_create_container(s->blob, err);
-        H->secret_free(key);
+        if (auto_acc)
+            wipe_free(key);
+        else
+            H->secret_free(key);
     } else {
         const char *q = sas[0] == '?' ? sas + 1 : sas;
         char *url = xfmt("%s?%s", s->base, q);
@@ -912,6 +989,7 @@ static ctarget_status store_open(bt *b, store *s, ctarget_error *err)
         H->secret_free(sas);
     }
     free(endpoint);
+    free(auto_acc);
     if (rc)
         store_close(s);
     return rc;

@@ -42,7 +42,10 @@ import uuid
 from azure_emulator import HttpError, now_iso
 
 NAME = "batch"
-NAMESPACES = ("microsoft.batch",)
+# Microsoft.Storage: only POST storageAccounts/{seed account}/listKeys, the Batch account's
+# auto-storage (Azurite's account)
+NAMESPACES = ("microsoft.batch", "microsoft.storage")
+STORAGE_API = "2023-05-01"
 API = "2025-06-01"
 AUD = "https://batch.core.windows.net"
 MAX_RUNNING = 16
@@ -119,7 +122,29 @@ def account_view(emu, name):
                 "poolQuota": 20, "provisioningState": "Succeeded", "publicNetworkAccess": "Enabled"}}
 
 
+STO_RX = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Storage/"
+                    r"storageAccounts/([^/]+)/listKeys$", re.I)
+
+
+def storage_arm(h, path):
+    av = h.q.get("api-version")
+    if av != STORAGE_API:
+        raise HttpError(400, "InvalidApiVersionParameter",
+                        "The api-version '%s' is invalid. The supported versions are '%s'." % (av, STORAGE_API))
+    m = STO_RX.match(path)
+    if not m or h.command != "POST":
+        raise HttpError(400, "InvalidResourceType", "The emulator serves only POST storageAccounts/{name}/listKeys "
+                        "of Microsoft.Storage")
+    if m.group(3) != h.emu.seed["storage_account"]:
+        raise HttpError(404, "ResourceNotFound", "The Resource 'Microsoft.Storage/storageAccounts/%s' under resource "
+                        "group '%s' was not found." % (m.group(3), m.group(2)))
+    return h.send(200, {"keys": [{"creationTime": now_iso(), "keyName": "key1", "permissions": "FULL",
+                                  "value": h.emu.seed["storage_key"]}]})
+
+
 def arm(h, path, body):
+    if "/providers/microsoft.storage/" in path.lower():
+        return storage_arm(h, path)
     av = h.q.get("api-version")
     if av != API:
         raise HttpError(400, "InvalidApiVersionParameter",
