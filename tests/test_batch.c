@@ -806,6 +806,25 @@ static void t23_nothing_left_running(void)
     json_t *st = azfix_state(&FX);
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(st, "batch"), "running")), 0);
     json_decref(st);
+    /* every body sent to the Batch service since t14's reset (the plugin's, the official
+     * client's, the examples') had the documented shape, but the one meant to be refused */
+    json_t *reqs = azfix_requests(&FX);
+    size_t i, bad = 0, batch = 0;
+    json_t *q;
+    json_array_foreach(reqs, i, q) {
+        if (strcmp(jstr(q, "server"), "batch"))
+            continue;
+        batch++;
+        json_t *inv = json_object_get(q, "invalid");
+        if (inv && !tl_contains(json_string_value(inv), "bogusProperty")) {
+            bad++;
+            printf("invalid body: %s %s: %s\n", jstr(q, "method"), jstr(q, "path"),
+                   json_string_value(inv));
+        }
+    }
+    CU_ASSERT(batch > 20);
+    CU_ASSERT_EQUAL(bad, 0);
+    json_decref(reqs);
 }
 
 /* ---- setup ---------------------------------------------------------------------------------- */

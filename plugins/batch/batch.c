@@ -1265,6 +1265,16 @@ static ctarget_status bt_prepare(void *p, ctarget_call *c, ctarget_target *t,
         json_decref(s.j);
         return rc;
     }
+    if (run->env_kind != CTARGET_ENV_USER || run->docker_image) {
+        H->error_set(err, CTARGET_E_UNSUPPORTED, 0, 0,
+                     "batch steps run with the pool nodes' own python3 and packages: a %s "
+                     "environment cannot be built there; install what the step needs on the "
+                     "pool (a custom image or a start task) and drop the environment from the "
+                     "step", run->docker_image ? "docker" : run->env_kind == CTARGET_ENV_PIP
+                                                                ? "pip" : "conda");
+        json_decref(s.j);
+        return CTARGET_E_UNSUPPORTED;
+    }
     bt b;
     if ((rc = bt_open(c, t, NULL, &b, err))) {
         json_decref(s.j);

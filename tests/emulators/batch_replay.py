@@ -101,6 +101,14 @@ def main():
     st, b = call(B, bt, "POST", "/pools" + q, pool)
     check("Pools_CreatePool: the example's pool accepted (%d)" % st, str(st) in e["responses"], b[:300])
 
+    # and the check that holds bodies to those shapes refuses what they do not allow
+    st, b = call(B, bt, "POST", "/pools" + q, {"id": "bad-" + sfx, "vmSize": 3, "bogusProperty": 1})
+    bj = json.loads(b) if b else {}
+    reason = " ".join(v.get("value", "") for v in bj.get("values", []))
+    check("an invalid pool body is refused: 400 InvalidRequestBody naming both properties",
+          st == 400 and bj.get("code") == "InvalidRequestBody" and "pool.vmSize" in reason
+          and "pool.bogusProperty" in reason, (st, b[:300]))
+
     jid = "ex-job-" + sfx
     st, b = call(B, bt, "POST", "/jobs" + q, {"id": jid, "poolInfo": {"poolId": "ctpool"}})
     check("a job for the examples (%d)" % st, st == 201, b[:300])
