@@ -1404,7 +1404,6 @@ static ctarget_status bt_submit(void *p, ctarget_call *c, ctarget_target *t,
     char task[80];
     batch_id("", "main", attempt_of(run), task, sizeof task);
     hset(run, "task_id", task);
-    hseti(run, "cancel_requested", 0);
     if (attempt_of(run) > 1 && hint(run, "base_attempt", 1) != attempt_of(run)) {
         hseti(run, "base_attempt", attempt_of(run));
         hseti(run, "log_base", hint(run, "log_seen", hint(run, "log_base", 0)));
