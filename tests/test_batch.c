@@ -880,7 +880,24 @@ static void add(CU_pSuite s)
     TL_ADD(s, t23_nothing_left_running);
 }
 
+/* Scratch directories under the build tree, not /tmp: other programs on a shared machine may
+ * sweep /tmp/ctarget-* while this one runs.  Removed (empty) at exit, after testlib's. */
+static char *SCRATCH;
+static void scratch_rmdir(void)
+{
+    if (SCRATCH)
+        rmdir(SCRATCH);
+}
+
 int main(int argc, char **argv)
 {
+    const char *bd = getenv("CTARGET_TEST_BUILDDIR");
+    if (bd && *bd && !getenv("CTARGET_TEST_KEEP")) {
+        SCRATCH = fmt("%s/tests/test_batch.scratch", bd);
+        if (mkdir(SCRATCH, 0700) == 0 || errno == EEXIST) {
+            setenv("TMPDIR", SCRATCH, 1);
+            atexit(scratch_rmdir);
+        }
+    }
     return tl_main(argc, argv, "test_batch", add);
 }
