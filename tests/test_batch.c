@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include "azfix.h"
+#include "run.h"
 #include "steplib.h"
 #include "testlib.h"
+#include "ws.h"
 
 #define A(...) ((const char *const[]){__VA_ARGS__, NULL})
 /* Azurite's well-known account key (public; still never to be found in a workspace) */
@@ -641,6 +643,52 @@ static void t17_bad_step_keys(void)
     free(src);
 }
 
+/* A step with a docker environment through the core's step path (as tests/steplib, plus the
+ * environment): the plugin refuses it in prepare, saying what to do instead. */
+static void t17b_environment_refused(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = source_dir("btsrc17b", "s.py", "print('x')\n", 0644);
+    setenv("CTARGET_MONITOR_PROGRAM", tl_ctarget(), 1);
+    ctarget_ws *w = NULL;
+    ctarget_error err;
+    ctarget_error_init(&err);
+    CU_ASSERT_EQUAL_FATAL(ctarget_ws_open(ws, &w, &err), 0);
+    json_t *c = json_pack("{s:s, s:s, s:s, s:[], s:{s:s}, s:s}", "target", "btmain",
+                          "source_directory", src, "script", "s.py", "arguments", "environment",
+                          "docker_image", "python:3.12-slim", "experiment", "steps");
+    json_t *extra = json_pack("{s:{s:s, s:s, s:s, s:{}}}", "pipeline_step", "pipeline_id",
+                              "steplib", "step_name", "step", "step_type", "batch", "step");
+    run_sub x = {.need_caps = CTARGET_CAP_PIPELINE_STEP, .extra = extra};
+    char *out = NULL;
+    int rc = run_submit_config(w, c, &x, &out, &err);
+    char *id = NULL;
+    if (!rc) {
+        json_t *j = json_loads(out, 0, NULL);
+        id = strdup(jstr(j, "id"));
+        json_decref(j);
+    }
+    free(out);
+    json_decref(extra);
+    json_decref(c);
+    ctarget_ws_close(w);
+    const char *msg = err.message;
+    json_t *j = NULL;
+    if (id) {
+        CU_ASSERT_NOT_EQUAL(wait_run(ws, id), 0);
+        j = show_run(ws, id);
+        CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+        msg = jstr(j, "reason");
+    }
+    printf("docker step: %s\n", msg);
+    CU_ASSERT(tl_contains(msg, "docker environment cannot be built"));
+    CU_ASSERT(tl_contains(msg, "custom image or a start task"));
+    json_decref(j);
+    free(id);
+    free(src);
+}
+
 /* the run monitor killed mid-run: its replacement reattaches from the handle, one task only,
  * the log whole and in order */
 static const char NUMBERED[] =
@@ -872,6 +920,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t15_preempted_node_restarts);
     TL_ADD(s, t16_created_pool);
     TL_ADD(s, t17_bad_step_keys);
+    TL_ADD(s, t17b_environment_refused);
     TL_ADD(s, t18_monitor_killed);
     TL_ADD(s, t19_auto_storage);
     TL_ADD(s, t20_secrets_nowhere);
