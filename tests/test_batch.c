@@ -32,6 +32,7 @@ static azfix FX;
 static int FX_ok;
 static char *SECRET_FILE, *BAD_SECRET_FILE, *KEY_FILE;
 static char *CA_ENV;
+static const char *CA_OVERRIDE; /* ct() with this CTARGET_CA_BUNDLE=... instead */
 static char *WS;              /* the shared workspace: target "btmain" on account ctbatch */
 static int bt_ok;
 
@@ -54,13 +55,14 @@ static const char *jstr(json_t *o, const char *k)
 
 static tl_result ct(const char *ws, const char *const args[])
 {
-    const char *env[] = {CA_ENV, "AZURE_CLIENT_SECRET=", "AZURE_CLIENT_ID=", "AZURE_TENANT_ID=",
-                         NULL};
+    const char *env[] = {CA_OVERRIDE ? CA_OVERRIDE : CA_ENV, "AZURE_CLIENT_SECRET=",
+                         "AZURE_CLIENT_ID=", "AZURE_TENANT_ID=", NULL};
     return tl_ctarget_run(ws, NULL, env, args);
 }
 
 /* compute VERB NAME --type batch + the fixture's settings + extra (NULL-terminated) */
 static int NO_STORAGE; /* compute_add without storage_account/storage_key */
+static const char *RG_OVERRIDE; /* compute_add with another resource group */
 static tl_result compute_add(const char *ws, const char *verb, const char *name,
                              const char *account, const char *secret_file,
                              const char *const extra[])
@@ -75,7 +77,7 @@ static tl_result compute_add(const char *ws, const char *verb, const char *name,
     argv[n++] = "batch";
 #define SET(...) (argv[n++] = "--set", argv[n++] = own[k++] = fmt(__VA_ARGS__))
     SET("account_name=%s", account ? account : "ctbatch");
-    SET("resource_group=%s", FX.resource_group);
+    SET("resource_group=%s", RG_OVERRIDE ? RG_OVERRIDE : FX.resource_group);
     SET("subscription_id=%s", FX.subscription_id);
     SET("arm_endpoint=%s", FX.arm);
     SET("aad_endpoint=%s", FX.aad);
@@ -250,6 +252,36 @@ static void t03_attach_unknown_account(void)
     printf("t03_attach_unknown_account: %s", r.err ? r.err : "");
     CU_ASSERT(tl_contains(r.err, "nosuchacct"));
     CU_ASSERT(tl_contains(r.err, "ResourceNotFound") || tl_contains(r.err, "not found"));
+    tl_result_free(&r);
+    free(ws);
+}
+
+static void t03b_unknown_resource_group(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws3b");
+    RG_OVERRIDE = "rg-nosuch";
+    tl_result r = compute_add(ws, "attach", "norg", NULL, NULL, NULL);
+    RG_OVERRIDE = NULL;
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "rg-nosuch"));
+    CU_ASSERT(tl_contains(r.err, "ResourceGroupNotFound"));
+    tl_result_free(&r);
+    free(ws);
+}
+
+/* TLS is verified: without the fixture's CA the emulator's certificate is refused */
+static void t03c_tls_verified(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws3c");
+    CA_OVERRIDE = "CTARGET_CA_BUNDLE=";
+    tl_result r = compute_add(ws, "attach", "notls", NULL, NULL, NULL);
+    CA_OVERRIDE = NULL;
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    printf("t03c: %s", r.err ? r.err : "");
+    CU_ASSERT(tl_contains(r.err, "certificate") || tl_contains(r.err, "TLS") ||
+              tl_contains(r.err, "verif"));
     tl_result_free(&r);
     free(ws);
 }
@@ -908,6 +940,8 @@ static void add(CU_pSuite s)
     TL_ADD(s, t01_attach);
     TL_ADD(s, t02_attach_bad_credentials);
     TL_ADD(s, t03_attach_unknown_account);
+    TL_ADD(s, t03b_unknown_resource_group);
+    TL_ADD(s, t03c_tls_verified);
     TL_ADD(s, t04_double_attach_refused);
     TL_ADD(s, t05_create_refused);
     TL_ADD(s, t06_plain_run_refused);
