@@ -811,6 +811,95 @@ static void t19_auto_storage(void)
     free(ws);
 }
 
+/* storage_sas instead of the key: a container SAS (racwl) made with the emulator's own signer;
+ * a wrong one fails the step with the storage service's refusal */
+static void t19b_storage_sas(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("btws19b");
+    char *code = fmt("import sys; sys.path.insert(0, '%s/tests/emulators'); import emu_blob; "
+                     "print(emu_blob.Blob('%s', 'devstoreaccount1', '%s', '%s')"
+                     ".container_sas('ctarget', 'racwl'))",
+                     tl_srcdir(), FX.blob, AZURITE_KEY, FX.ca_bundle);
+    const char *argv[] = {"python3", "-c", code, NULL};
+    tl_result r = tl_exec(argv, NULL, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    char *sas = strdup(r.out ? r.out : "");
+    sas[strcspn(sas, "\n")] = '\0';
+    tl_result_free(&r);
+    free(code);
+    CU_ASSERT_FATAL(tl_contains(sas, "sig="));
+    char *dir = tl_tmpdir("btsas");
+    char *good = tl_path(dir, "sas"), *bad = tl_path(dir, "badsas");
+    tl_write_file(good, sas);
+    char *wrong = strdup(sas);
+    char *sig = strstr(wrong, "sig=");
+    sig[4] = sig[4] == 'A' ? 'B' : 'A';
+    tl_write_file(bad, wrong);
+    char *set_good = fmt("storage_sas=file:%s", good), *set_bad = fmt("storage_sas=file:%s", bad);
+    NO_STORAGE = 1;
+    r = compute_add(ws, "attach", "btsas", NULL, NULL,
+                    A("--set", "pool_id=ctpool", "--set", "storage_account=devstoreaccount1",
+                      "--set", set_good));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    NO_STORAGE = 0;
+    char *src = step_source("btsrc19b");
+    char err[1024];
+    char *id = sl_step_submit(ws, "btsas", src, "step.py", NULL, STEP_ENV, "batch", NULL, err,
+                              sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    if (strcmp(jstr(j, "status"), "Completed"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    char *rel = fmt("runs/%s/outputs/result/r.txt", id);
+    char *p = tl_path(ws, rel);
+    char *got = tl_read_file(p);
+    CU_ASSERT_STRING_EQUAL(got ? got : "", "HELLO BATCH\n");
+    free(got);
+    free(p);
+    free(rel);
+    free(id);
+    /* the wrong SAS: a target of its own in another workspace */
+    char *ws2 = tl_tmpdir("btws19c");
+    NO_STORAGE = 1;
+    r = compute_add(ws2, "attach", "btbadsas", NULL, NULL,
+                    A("--set", "pool_id=ctpool", "--set", "storage_account=devstoreaccount1",
+                      "--set", set_bad));
+    NO_STORAGE = 0;
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    char *src2 = source_dir("btsrc19c", "other.py", "print('other content')\n", 0644);
+    id = sl_step_submit(ws2, "btbadsas", src2, "other.py", NULL, NULL, "batch", NULL, err,
+                        sizeof err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_NOT_EQUAL(wait_run(ws2, id), 0);
+    j = show_run(ws2, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    printf("bad sas: %s\n", jstr(j, "reason"));
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "403"));
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "storage_sas grants racwl"));
+    CU_ASSERT(!tl_contains(jstr(j, "reason"), sig));
+    json_decref(j);
+    grep_dir_for(ws, "sig=");
+    grep_dir_for(ws2, "sig=");
+    free(id);
+    free(src2);
+    free(ws2);
+    free(src);
+    free(set_good);
+    free(set_bad);
+    free(wrong);
+    free(good);
+    free(bad);
+    free(dir);
+    free(sas);
+    free(ws);
+}
+
 static void t20_secrets_nowhere(void)
 {
     const char *ws = shared_ws();
@@ -957,6 +1046,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t17b_environment_refused);
     TL_ADD(s, t18_monitor_killed);
     TL_ADD(s, t19_auto_storage);
+    TL_ADD(s, t19b_storage_sas);
     TL_ADD(s, t20_secrets_nowhere);
     TL_ADD(s, t21_examples_replayed);
     TL_ADD(s, t22_official_client);

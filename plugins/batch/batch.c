@@ -1148,6 +1148,17 @@ static ctarget_status upload_snapshot(bt *b, store *s, const ctarget_run_info *r
         free(tmp);
         free(fp);
     }
+    if (rc == CTARGET_E_AUTH) {
+        char was[CTARGET_ERROR_MSG_MAX];
+        snprintf(was, sizeof was, "%s", err->message);
+        char *cut = strstr(was, ": the SAS may have expired");
+        if (cut)
+            *cut = '\0';
+        H->error_set(err, CTARGET_E_AUTH, 0, 0,
+                     "%s: the storage of batch target '%s' refused the step's files: check "
+                     "storage_key, or that storage_sas grants racwl on container %s and has not "
+                     "expired", was, H->target_name(b->t), az_blob_container0(s->blob));
+    }
     hseti(run, "snapshot_files", (long long)json_array_size(w.files));
     hseti(run, "uploaded_blobs", (long long)nsent);
     hseti(run, "uploaded_bytes", (long long)sent);
