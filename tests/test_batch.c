@@ -417,6 +417,15 @@ static void t10_step_completes(void)
     free(got);
     free(p);
     free(rel);
+    /* the outputs listing came in pages (4 entries under wd/outputs, pages of 2) */
+    CU_ASSERT(azfix_count(&FX, "GET", "/files$") >= 2);
+    json_t *reqs = azfix_requests(&FX);
+    size_t ri, paged = 0;
+    json_t *rq;
+    json_array_foreach(reqs, ri, rq) paged += tl_contains(jstr(rq, "path"), "/files") &&
+                                             tl_contains(jstr(rq, "query"), "skiptoken");
+    CU_ASSERT(paged >= 1);
+    json_decref(reqs);
     /* metrics came through */
     tl_result r = ct(ws, A("run", "show", id, "-o", "json"));
     CU_ASSERT(tl_contains(r.out, "acc"));
@@ -1024,7 +1033,8 @@ static void add(CU_pSuite s)
         chmod(SECRET_FILE, 0600);
         chmod(KEY_FILE, 0600);
         free(dir);
-        azfix_config(&FX, "{\"batch_pool_alloc_ms\":200}");
+        /* lists in pages of 2: every listing follows odata.nextLink */
+        azfix_config(&FX, "{\"batch_pool_alloc_ms\":200,\"batch_page_size\":2}");
     }
     TL_ADD(s, t01_attach);
     TL_ADD(s, t02_attach_bad_credentials);

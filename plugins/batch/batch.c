@@ -397,6 +397,7 @@ static void bt_resp_clear(bt_resp *r)
 #define BT_OK_409 (1u << 1)
 #define BT_RAW    (1u << 2)   /* keep the raw response (files) */
 #define BT_OK_416 (1u << 3)
+#define BT_ABS    (1u << 4)   /* path is a whole URL on the account (an odata.nextLink) */
 
 /* One data-plane request: path below the account URL, query without api-version. */
 static ctarget_status bt_call(bt *b, const char *method, const char *path, const char *query,
@@ -404,8 +405,23 @@ static ctarget_status bt_call(bt *b, const char *method, const char *path, const
                               const char *what, bt_resp *out, ctarget_error *err)
 {
     memset(out, 0, sizeof *out);
-    char *url = xfmt("%s%s?api-version=%s%s%s", b->url, path, BATCH_API, query ? "&" : "",
-                     query ? query : "");
+    char *url;
+    if (flags & BT_ABS) {
+        /* a next link: only ever on this account (the token goes with it) */
+        size_t ul = strlen(b->url);
+        if (strncmp(path, b->url, ul) || path[ul] != '/') {
+            H->error_set(err, CTARGET_E_REMOTE, 0, 0,
+                         "%s in Batch account '%s': the service's next link leaves the account "
+                         "URL: refused", what, b->account);
+            return CTARGET_E_REMOTE;
+        }
+        url = strstr(path, "api-version=") ? strdup(path)
+                                            : xfmt("%s%sapi-version=%s", path,
+                                                   strchr(path, '?') ? "&" : "?", BATCH_API);
+    } else {
+        url = xfmt("%s%s?api-version=%s%s%s", b->url, path, BATCH_API, query ? "&" : "",
+                   query ? query : "");
+    }
     char *data = body ? json_dumps(body, JSON_COMPACT) : NULL;
     ctarget_status rc = CTARGET_OK;
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -477,6 +493,52 @@ static ctarget_status bt_call(bt *b, const char *method, const char *path, const
     free(data);
     free(url);
     return rc;
+}
+
+/* A list across its pages (odata.nextLink, bounded): fn gets every element of "value" and
+ * returns nonzero to stop. */
+static ctarget_status bt_list(bt *b, const char *path, const char *query, unsigned flags,
+                              const char *what, int (*fn)(void *arg, json_t *item), void *arg,
+                              long *status, ctarget_error *err)
+{
+    char *next = NULL;
+    ctarget_status rc = CTARGET_OK;
+    if (status)
+        *status = 0;
+    for (int pg = 0; pg < 10000; pg++) {
+        bt_resp r;
+        rc = next ? bt_call(b, "GET", next, NULL, NULL, NULL, BT_ABS, what, &r, err)
+                  : bt_call(b, "GET", path, query, NULL, NULL, flags, what, &r, err);
+        free(next);
+        next = NULL;
+        if (rc) {
+            bt_resp_clear(&r);
+            break;
+        }
+        if (status && pg == 0)
+            *status = r.status;
+        size_t i;
+        json_t *v;
+        int stop = 0;
+        json_array_foreach(json_object_get(r.body, "value"), i, v) {
+            if ((stop = fn(arg, v)))
+                break;
+        }
+        const char *nl = json_string_value(json_object_get(r.body, "odata.nextLink"));
+        if (!stop && nl && *nl)
+            next = strdup(nl);
+        bt_resp_clear(&r);
+        if (!next)
+            break;
+    }
+    free(next);
+    return rc;
+}
+
+static int collect(void *arg, json_t *item)
+{
+    json_array_append(arg, item);
+    return 0;
 }
 
 /* ---- compute operations ------------------------------------------------------------------- */
@@ -559,16 +621,16 @@ static ctarget_status bt_attach(void *p, ctarget_call *c, ctarget_target *t, cta
     json_decref(acc);
     /* the data plane answers with this credential */
     H->progress(c, "listing the account's pools", 0, 0);
-    bt_resp r;
-    rc = bt_call(&b, "GET", "/pools", "maxresults=100", NULL, NULL, 0, "listing pools", &r, err);
+    json_t *pools = json_array();
+    rc = bt_list(&b, "/pools", "maxresults=1000", 0, "listing pools", collect, pools, NULL, err);
     if (!rc) {
-        H->obj_set_int(facts, "pools", (long long)json_array_size(json_object_get(r.body, "value")));
+        H->obj_set_int(facts, "pools", (long long)json_array_size(pools));
         const char *pid = cfg(t, "pool_id");
         if (pid) {
             int found = 0;
             size_t i;
             json_t *pl;
-            json_array_foreach(json_object_get(r.body, "value"), i, pl) {
+            json_array_foreach(pools, i, pl) {
                 const char *id = json_string_value(json_object_get(pl, "id"));
                 found |= id && !strcasecmp(id, pid);
             }
@@ -577,7 +639,7 @@ static ctarget_status bt_attach(void *p, ctarget_call *c, ctarget_target *t, cta
                        pid, b.account);
         }
     }
-    bt_resp_clear(&r);
+    json_decref(pools);
     if (!rc) {
         char *sf = state_file(t);
         json_t *j = json_pack("{s:s, s:s}", "account_url", b.url, "subscription_id",
@@ -619,12 +681,12 @@ static ctarget_status bt_status(void *p, ctarget_call *c, ctarget_target *t,
                              : !strcasecmp(ps, "Cancelled") ? CTARGET_PROV_CANCELED
                                                             : CTARGET_PROV_UNKNOWN;
     json_decref(acc);
-    bt_resp r;
-    rc = bt_call(&b, "GET", "/pools", "maxresults=100", NULL, NULL, 0, "listing pools", &r, err);
+    json_t *pools = json_array();
+    rc = bt_list(&b, "/pools", "maxresults=1000", 0, "listing pools", collect, pools, NULL, err);
     if (!rc) {
         size_t i, nodes = 0;
         json_t *pl;
-        json_array_foreach(json_object_get(r.body, "value"), i, pl) {
+        json_array_foreach(pools, i, pl) {
             ctarget_obj *o = H->obj_append0(details, "pools");
             const char *s;
             if ((s = json_string_value(json_object_get(pl, "id"))))
@@ -642,10 +704,9 @@ static ctarget_status bt_status(void *p, ctarget_call *c, ctarget_target *t,
             nodes += (size_t)(dn + ln);
         }
         H->obj_set_int(details, "nodes", (long long)nodes);
-        snprintf(st->state, sizeof st->state, "%s",
-                 json_array_size(json_object_get(r.body, "value")) ? "Active" : "NoPools");
+        snprintf(st->state, sizeof st->state, "%s", json_array_size(pools) ? "Active" : "NoPools");
     }
-    bt_resp_clear(&r);
+    json_decref(pools);
     bt_free(&b);
     return rc;
 }
@@ -1720,17 +1781,18 @@ static ctarget_status fetch_prefix(bt *b, const ctarget_run_info *run, const cha
                                    const char *dest_dir, const char *local, ctarget_error *err)
 {
     char *path = task_path(run, "/files");
-    char *q = xfmt("recursive=true&%%24filter=startswith%%28name%%2C%%27%s%%27%%29", remote);
-    bt_resp r;
+    char *q = xfmt("recursive=true&maxresults=1000&"
+                   "%%24filter=startswith%%28name%%2C%%27%s%%27%%29", remote);
     char what[200];
     snprintf(what, sizeof what, "listing the files of task '%s'", hgets(run, "task_id"));
-    ctarget_status rc = bt_call(b, "GET", path, q, NULL, NULL, BT_OK_404, what, &r, err);
+    json_t *all = json_array();
+    ctarget_status rc = bt_list(b, path, q, BT_OK_404, what, collect, all, NULL, err);
     free(q);
     free(path);
     size_t pl = strlen(remote);
     size_t i;
     json_t *f;
-    json_array_foreach(json_object_get(r.body, "value"), i, f) {
+    json_array_foreach(all, i, f) {
         if (rc)
             break;
         const char *name = json_string_value(json_object_get(f, "name"));
@@ -1771,7 +1833,7 @@ static ctarget_status fetch_prefix(bt *b, const ctarget_run_info *run, const cha
         free(tmp);
         free(lp);
     }
-    bt_resp_clear(&r);
+    json_decref(all);
     return rc;
 }
 

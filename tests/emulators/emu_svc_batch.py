@@ -57,6 +57,7 @@ def init(emu):
     S.clear()
     S.update(lock=threading.RLock(), pools={}, jobs={}, port=None, emu=emu)
     emu.cfg.setdefault("batch_pool_alloc_ms", 300)
+    emu.cfg.setdefault("batch_page_size", 1000)  # list pages: min(maxresults, this)
     S["accounts"] = {"ctbatch": {"location": emu.seed.get("location", "westeurope")}}
     seed_pools()
     S["port"] = emu.data_plane(NAME, plane)
@@ -540,6 +541,25 @@ def headers_for(loc, etag="0x8D45765A6A2DC04"):
             "DataServiceId": loc, "Location": loc, "request-id": str(uuid.uuid4())}
 
 
+def page(h, kind, items):
+    """One page of a list (maxresults, default 1000, at most the config's batch_page_size) with
+    odata.nextLink carrying the position, as Batch pages its lists."""
+    try:
+        size = min(int(h.q.get("maxresults", "1000")), int(h.emu.cfg["batch_page_size"]))
+        start = int(h.q.get("$skiptoken", h.q.get("skiptoken", "0")) or 0)
+    except ValueError:
+        raise BatchError(400, "InvalidQueryParameterValue", "Value for one of the query parameters specified in "
+                         "the request URI is invalid.", [("QueryParameterName", "maxresults")])
+    size = max(1, size)
+    out = {"odata.metadata": odata(kind), "value": items[start:start + size]}
+    if start + size < len(items):
+        u = urllib.parse.urlsplit(h.path)
+        q = [(k, v) for k, v in urllib.parse.parse_qsl(u.query, keep_blank_values=True) if k != "$skiptoken"]
+        q.append(("$skiptoken", str(start + size)))
+        out["odata.nextLink"] = "https://127.0.0.1:%d%s?%s" % (S["port"], u.path, urllib.parse.urlencode(q))
+    return out
+
+
 def odata(kind):
     return "https://127.0.0.1:%d/$metadata#%s" % (S["port"], kind)
 
@@ -610,8 +630,7 @@ def route(h, path, body):
     with S["lock"]:
         settle_pools()
         if segs == ["pools"] and m == "GET":
-            return h.send(200, {"odata.metadata": odata("pools"),
-                                "value": [pool_view(p) for p in S["pools"].values()]})
+            return h.send(200, page(h, "pools", [pool_view(p) for p in S["pools"].values()]))
         if segs == ["pools"] and m == "POST":
             doc = parse_body(h, body, "pool")
             if doc["id"].lower() in S["pools"]:
@@ -636,7 +655,7 @@ def route(h, path, body):
                     p["state"], p["deleted"] = "deleting", time.time()
                 return h.send(202, None, {"request-id": str(uuid.uuid4())})
         if segs == ["jobs"] and m == "GET":
-            return h.send(200, {"odata.metadata": odata("jobs"), "value": [job_view(j) for j in S["jobs"].values()]})
+            return h.send(200, page(h, "jobs", [job_view(j) for j in S["jobs"].values()]))
         if segs == ["jobs"] and m == "POST":
             doc = parse_body(h, body, "job")
             if doc["id"].lower() in S["jobs"]:
@@ -683,7 +702,7 @@ def route(h, path, body):
                                 "location": "https://127.0.0.1:%d%s" % (S["port"], t.path())})
                 return h.send(200, {"value": out})
             if len(segs) == 3 and segs[2] == "tasks" and m == "GET":
-                return h.send(200, {"odata.metadata": odata("tasks"), "value": [t.view() for t in j["tasks"].values()]})
+                return h.send(200, page(h, "tasks", [t.view() for t in j["tasks"].values()]))
             if len(segs) >= 4 and segs[2] == "tasks":
                 t = get_task(j, segs[3])
                 if len(segs) == 4 and m == "GET":
@@ -739,7 +758,7 @@ def list_files(h, t):
             v["properties"] = {"creationTime": now_iso(), "lastModified": now_iso(), "contentLength": size,
                                "contentType": "application/octet-stream"}
         vals.append(v)
-    return h.send(200, {"odata.metadata": odata("files"), "value": vals})
+    return h.send(200, page(h, "files", vals))
 
 
 def get_file(h, t, rel):

@@ -37,7 +37,10 @@ for (let i = 0; i < 100; i++) {
 check("pool.get: allocation steady with its node", pool && pool.allocationState === "steady" &&
       pool.currentDedicatedNodes === 1 && pool.vmSize === "STANDARD_D2_V2", pool);
 const pools = await step("pool.list", async () => {
-  const r = await client.pool.list(); return r.map((p) => p.id);  // one page (odata.nextLink absent)
+  let r = await client.pool.list({ poolListOptions: { maxResults: 1000 } });
+  const out = r.map((p) => p.id);
+  while (r.odatanextLink) { r = await client.pool.listNext(r.odatanextLink); out.push(...r.map((p) => p.id)); }
+  return out;
 });
 check("pool.list holds it", pools && pools.includes(poolId), pools);
 
@@ -58,11 +61,14 @@ for (let i = 0; i < 200; i++) {
 check("task.get: completed with exit code 0", task && task.state === "completed" &&
       task.executionInfo.exitCode === 0 && task.executionInfo.result === "success", task && task.executionInfo);
 const files = await step("file.listFromTask (recursive, filtered)", async () => {
-  const r = await client.file.listFromTask(jobId, "t1", { recursive: true,
+  let r = await client.file.listFromTask(jobId, "t1", { recursive: true,
     fileListFromTaskOptions: { filter: "startswith(name,'wd/outputs')" } });
-  return r.map((f) => f.name);
+  const out = r.map((f) => f.name);
+  while (r.odatanextLink) { r = await client.file.listFromTaskNext(r.odatanextLink); out.push(...r.map((f) => f.name)); }
+  return out;
 });
-check("the output file is listed", files && files.includes("wd/outputs/x.txt"), files);
+check("the output file is listed (all pages)", files && files.includes("wd/outputs/x.txt") &&
+      files.includes("wd/outputs"), files);
 async function text(r) {
   const chunks = []; for await (const c of r.readableStreamBody) chunks.push(c);
   return Buffer.concat(chunks).toString();
