@@ -730,6 +730,46 @@ static void t17b_environment_refused(void)
     free(src);
 }
 
+/* a snapshot of 4000 files: one blob (same content) checked and uploaded once, but as resource
+ * files of one task more than Batch's 1 MB request limit: refused with what to do */
+static void t17c_too_many_files(void)
+{
+    const char *ws = shared_ws();
+    CU_ASSERT_FATAL(ws && bt_ok);
+    char *src = source_dir("btsrc17c", "s.py", "print('x')\n", 0644);
+    char *d = tl_path(src, "many");
+    mkdir(d, 0755);
+    for (int i = 0; i < 4000; i++) {
+        char n[64];
+        snprintf(n, sizeof n, "file-with-a-longish-name-%04d.txt", i);
+        char *p = tl_path(d, n);
+        tl_write_file(p, "same\n");
+        free(p);
+    }
+    azfix_reset(&FX);
+    /* (the core's own snapshot limit is 2000 files by default, under Batch's: raised here) */
+    setenv("CTARGET_SNAPSHOT_MAX_FILES", "5000", 1);
+    char *id = step(ws, src, "s.py", NULL, NULL, NULL);
+    unsetenv("CTARGET_SNAPSHOT_MAX_FILES");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    CU_ASSERT_NOT_EQUAL(wait_run(ws, id), 0);
+    json_t *j = show_run(ws, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    printf("many files: %s\n", jstr(j, "reason"));
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "4001 files"));
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "1 MB"));
+    /* 4001 files, at most 2 distinct contents uploaded (s.py and the one the 4000 share) */
+    json_t *h = json_object_get(j, "handle");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(h, "snapshot_files")), 4001);
+    CU_ASSERT(json_integer_value(json_object_get(h, "uploaded_blobs")) <= 2);
+    /* nothing was sent that Batch would refuse */
+    CU_ASSERT_EQUAL(azfix_count(&FX, "POST", "/tasks$"), 0);
+    json_decref(j);
+    free(id);
+    free(d);
+    free(src);
+}
+
 /* the run monitor killed mid-run: its replacement reattaches from the handle, one task only,
  * the log whole and in order */
 static const char NUMBERED[] =
@@ -1054,6 +1094,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t16_created_pool);
     TL_ADD(s, t17_bad_step_keys);
     TL_ADD(s, t17b_environment_refused);
+    TL_ADD(s, t17c_too_many_files);
     TL_ADD(s, t18_monitor_killed);
     TL_ADD(s, t19_auto_storage);
     TL_ADD(s, t19b_storage_sas);

@@ -1174,11 +1174,17 @@ static ctarget_status upload_snapshot(bt *b, store *s, const ctarget_run_info *r
     size_t i;
     json_t *f;
     json_array_foreach(w.files, i, f) total += (uint64_t)json_integer_value(json_object_get(f, "size"));
+    json_t *seen = json_object(); /* one HEAD (and upload) per distinct content */
     json_array_foreach(w.files, i, f) {
         if (rc)
             break;
         const char *sha = json_string_value(json_object_get(f, "sha256"));
         uint64_t sz = (uint64_t)json_integer_value(json_object_get(f, "size"));
+        if (json_object_get(seen, sha)) {
+            done += sz;
+            continue;
+        }
+        json_object_set_new(seen, sha, json_true());
         char *bn = xfmt("ctarget-blobs/%s", sha);
         uint64_t have = 0;
         ctarget_error e2;
@@ -1199,6 +1205,7 @@ static ctarget_status upload_snapshot(bt *b, store *s, const ctarget_run_info *r
         done += sz;
         H->progress(b->c, "uploading the snapshot", done, total);
     }
+    json_decref(seen);
     if (!rc) {
         char *fp = files_path(run);
         char *tmp = xfmt("%s.tmp", fp);
@@ -1548,7 +1555,23 @@ static ctarget_status bt_submit(void *p, ctarget_call *c, ctarget_target *t,
         char *jp = az_url_escape(job, 0);
         char *path = xfmt("/jobs/%s/tasks", jp);
         snprintf(what, sizeof what, "adding task '%s' to job '%s'", task, job);
-        rc = bt_call(&b, "POST", path, NULL, body, NULL, BT_OK_409, what, &r, err);
+        /* Batch refuses request bodies over 1 MB (RequestBodyTooLarge) */
+        char *probe = json_dumps(body, JSON_COMPACT);
+        size_t blen = probe ? strlen(probe) : 0;
+        if (probe) {
+            memset(probe, 0, blen);
+            free(probe);
+        }
+        if (blen > 1000000) {
+            H->error_set(err, CTARGET_E_LIMIT, 0, 0,
+                         "the step's snapshot has %zu files: as resource files of one Batch task "
+                         "that is a %zu-byte request and Batch takes at most 1 MB; ship fewer, "
+                         "larger files (an archive the step unpacks) or leave files out with "
+                         ".amlignore", json_array_size(files), blen);
+            rc = CTARGET_E_LIMIT;
+        } else {
+            rc = bt_call(&b, "POST", path, NULL, body, NULL, BT_OK_409, what, &r, err);
+        }
         bt_resp_clear(&r);
         free(path);
         free(jp);

@@ -625,6 +625,9 @@ def route(h, path, body):
                                                          ("QueryParameterValue", av),
                                                          ("Reason", "The specified api version is not supported (%s)" % API)])
     check_auth(emu, h)
+    if len(body) > 1024 * 1024:
+        raise BatchError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the maximum "
+                         "permissible limit.", [("MaxLimit", "1048576")])
     segs = [urllib.parse.unquote(s) for s in path.split("/") if s]
     m = h.command
     with S["lock"]:
