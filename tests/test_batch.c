@@ -335,10 +335,25 @@ static void t07_detach(void)
     r = ct(ws, A("compute", "list", "-o", "json"));
     CU_ASSERT(!tl_contains(r.out, "\"gone\""));
     tl_result_free(&r);
-    /* the account is still there for the next attach */
-    r = compute_add(ws, "attach", "again", NULL, NULL, NULL);
+    /* the account is still there for the next attach, here with account_url given */
+    char *url = fmt("account_url=https://127.0.0.1:%d/", azfix_service_port(&FX, "batch"));
+    r = compute_add(ws, "attach", "again", NULL, NULL, A("--set", url));
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
+    r = ct(ws, A("compute", "show", "again", "-o", "json"));
+    char *want = fmt("https://127.0.0.1:%d\"", azfix_service_port(&FX, "batch"));
+    CU_ASSERT(tl_contains(r.out, want));
+    tl_result_free(&r);
+    free(want);
+    free(url);
+    /* an account_url that is not https is refused before anything is sent */
+    char *ws2 = tl_tmpdir("btws7b");
+    r = compute_add(ws2, "attach", "plainhttp", NULL, NULL,
+                    A("--set", "account_url=http://127.0.0.1:1"));
+    CU_ASSERT_EQUAL(r.status, 3);
+    CU_ASSERT(tl_contains(r.err, "not an https URL"));
+    tl_result_free(&r);
+    free(ws2);
     free(ws);
 }
 

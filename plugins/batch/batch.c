@@ -348,7 +348,7 @@ static ctarget_status map_status(long st)
     case 404: return CTARGET_E_NOT_FOUND;
     case 409: return CTARGET_E_EXISTS;
     case 429: return CTARGET_E_LIMIT;
-    default: return st >= 500 ? CTARGET_E_REMOTE : CTARGET_E_REMOTE;
+    default: return CTARGET_E_REMOTE;
     }
 }
 
@@ -559,6 +559,12 @@ static ctarget_status bt_validate(void *p, ctarget_call *c, ctarget_target *t, c
                          "and digits", acc);
             return CTARGET_E_CONFIG;
         }
+    }
+    if (cfg(t, "account_url") && strncmp(cfg(t, "account_url"), "https://", 8)) {
+        H->error_set(err, CTARGET_E_CONFIG, 0, 0,
+                     "account_url %s is not an https URL: set it to https://ACCOUNT.REGION."
+                     "batch.azure.com (the account's accountEndpoint)", cfg(t, "account_url"));
+        return CTARGET_E_CONFIG;
     }
     if (cfg(t, "storage_endpoint") && strncmp(cfg(t, "storage_endpoint"), "https://", 8)) {
         H->error_set(err, CTARGET_E_CONFIG, 0, 0,

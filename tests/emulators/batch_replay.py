@@ -139,12 +139,24 @@ def main():
 
     e = json.loads(ex[DP + "Tasks_ListTasks.json"])
     import time
-    for _ in range(200):
+    def all_tasks():
+        """every page of the list (odata.nextLink); the first page's status and body"""
         st, b = call(B, bt, "GET", "/jobs/%s/tasks%s" % (jid, q))
-        tasks = json.loads(b).get("value", []) if st == 200 else []
-        if tasks and all(t["state"] == "completed" for t in tasks):
+        first, out = (st, b), []
+        while st == 200:
+            page = json.loads(b)
+            out += page.get("value", [])
+            nl = page.get("odata.nextLink")
+            if not nl:
+                break
+            st, b = call("", bt, "GET", nl)
+        return first, out
+    for _ in range(200):
+        (st, b), tasks = all_tasks()
+        if len(tasks) == 3 and all(t["state"] == "completed" for t in tasks):
             break
         time.sleep(0.05)
+    check("Tasks_ListTasks: all 3 tasks listed across pages", len(tasks) == 3, [t.get("id") for t in tasks])
     errs = []
     exb = e["responses"]["200"]["body"]
     shape(exb, json.loads(b), "tasks", errs)
