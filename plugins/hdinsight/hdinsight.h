@@ -1,0 +1,24 @@
+/* The hdinsight target: an existing HDInsight (or any) Spark cluster, reached over SSH on its
+ * head node (<cluster>-ssh.azurehdinsight.net).  Runs are `spark-submit` in client deploy
+ * mode on the head node, started, watched and cancelled by remotevm's agent, whose sources
+ * are compiled into hdinsight.so (as slurm.so does).
+ *
+ * hdinsight.c  descriptor, settings, compute operations (attach checks the login, the OS and
+ *              `spark-submit --version`).
+ * run.c        run operations: remotevm's, with submit building the spark-submit command and
+ *              prepare checking the framework and the step's keys. */
+#ifndef CTARGET_HDINSIGHT_H
+#define CTARGET_HDINSIGHT_H
+
+#include "remotevm.h"
+
+extern const ctarget_host *HDI_H;
+extern const ctarget_run_ops hdi_run_ops;
+
+/* The spark-submit command line's words for a run (argv[0] = the spark_submit setting),
+ * without the application and its arguments; NULL with err set when the run's or step's
+ * options are wrong.  Caller frees with json_decref (an array of strings). */
+json_t *hdi_spark_words(const ctarget_target *t, const ctarget_run_info *run,
+                        ctarget_error *err);
+
+#endif
