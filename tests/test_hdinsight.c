@@ -1,0 +1,664 @@
+/* The hdinsight plugin end to end: the real ctarget command, the real plugin (libssh2,
+ * remotevm's agent compiled in) and a real OpenSSH server on 127.0.0.1 (tests/servers/sshd.sh)
+ * standing in for a cluster's head node.  The sessions of that sshd get a PATH that starts
+ * with tests/servers/spark/, where `spark-submit` is an emulator of Spark's launcher (it
+ * parses the options, prints the version banner, and execs python3 on the application with a
+ * tiny local `pyspark` package on PYTHONPATH): the commands the plugin sends, the detached
+ * driver, its logs, exit status, outputs and cancellation are all real processes here.
+ *
+ * HOME is an empty scratch directory (so ~/.ssh/known_hosts trusts nothing) and the build
+ * tree's hdinsight plugin is on CTARGET_PLUGIN_PATH. */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "runlib.h"
+#include "sshfix.h"
+#include "steplib.h"
+#include "testlib.h"
+
+#define A(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static sf_sshd S;
+static int S_ok;
+static char *WS;   /* workspace with target "spark1" on S (key login), attached once */
+static char *ROOT; /* its remote_root */
+static char *USER; /* the login: the fixture's own account (see add()), else root */
+static char *PW;   /* its password (NULL: root, by key) */
+
+static tl_result attach(const char *ws, const char *name, const char *user, const char *key,
+                        const char *root, int accept, const char *const extra[],
+                        const char *stdin_data);
+
+static char *fmt(const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    char *s = NULL;
+    if (vasprintf(&s, f, ap) < 0)
+        abort();
+    va_end(ap);
+    return s;
+}
+
+static void write_at(const char *dir, const char *name, const char *content)
+{
+    char *p = tl_path(dir, name);
+    CU_ASSERT_EQUAL(tl_write_file(p, content), 0);
+    free(p);
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+/* compute attach NAME --type hdinsight against S as user (key file name in the fixture
+ * directory, or NULL); extra: more arguments */
+static tl_result attach(const char *ws, const char *name, const char *user, const char *key,
+                        const char *root, int accept, const char *const extra[],
+                        const char *stdin_data)
+{
+    const char *argv[64];
+    char *own[8];
+    size_t n = 0, k = 0;
+    const char *fixed[] = {"compute", "attach", name, "--type", "hdinsight", "--set",
+                           "address=127.0.0.1", "--set"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        argv[n++] = fixed[i];
+    argv[n++] = own[k++] = fmt("ssh_port=%d", S.port);
+    argv[n++] = "--set";
+    argv[n++] = own[k++] = fmt("username=%s", user ? user : USER);
+    if (key) {
+        char *kf = sf_file(&S, key);
+        argv[n++] = "--set";
+        argv[n++] = own[k++] = fmt("private_key_file=%s", kf);
+        free(kf);
+    }
+    argv[n++] = "--set";
+    argv[n++] = own[k++] = fmt("remote_root=%s", root);
+    if (accept)
+        argv[n++] = "--accept-new-host-key";
+    for (size_t i = 0; extra && extra[i] && n < 62; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    tl_result r = tl_ctarget_run(ws, stdin_data, NULL, argv);
+    for (size_t i = 0; i < k; i++)
+        free(own[i]);
+    return r;
+}
+
+/* attach as USER: by its password when it is the fixture's account (sshd reads the key
+ * file of the fixture as that user, and cannot), else root's key; extra: more arguments */
+static tl_result login_attach(const char *ws, const char *name, const char *root, int accept,
+                              const char *const extra[])
+{
+    if (!PW)
+        return attach(ws, name, NULL, "id_ed25519", root, accept, extra, NULL);
+    const char *more[16];
+    size_t n = 0;
+    more[n++] = "--password-stdin";
+    for (size_t i = 0; extra && extra[i] && n < 15; i++)
+        more[n++] = extra[i];
+    more[n] = NULL;
+    char *in = fmt("%s\n", PW);
+    tl_result r = attach(ws, name, NULL, NULL, root, accept, more, in);
+    free(in);
+    return r;
+}
+
+/* a remote_root for the login: inside a scratch directory it may write to (owned) */
+static char *mkroot(const char *tag)
+{
+    char *d = tl_tmpdir(tag);
+    chmod(d, 0777);
+    char *r = fmt("%s/root", d);
+    free(d);
+    return r;
+}
+
+/* the error is one line, "ctarget: error: ...\n", and the last thing printed */
+static int one_line(const char *s)
+{
+    const char *e = s ? strstr(s, "ctarget: error: ") : NULL;
+    if (!e || strstr(e + 1, "ctarget: error: "))
+        return 0;
+    const char *nl = strchr(e, '\n');
+    return nl && nl[1] == '\0';
+}
+
+static const char *ws(void)
+{
+    if (WS)
+        return WS;
+    if (!S_ok)
+        return NULL;
+    char *w = tl_tmpdir("hdiws");
+    ROOT = mkroot("hdiroot");
+    tl_result r = login_attach(w, "spark1", ROOT, 1, NULL);
+    TL_ASSERT_EXIT(r, 0);
+    if (r.status == 0)
+        WS = w;
+    else
+        free(w);
+    tl_result_free(&r);
+    return WS;
+}
+
+#define NEED_WS()                                                                        \
+    const char *W = ws();                                                                \
+    if (!W)                                                                              \
+        fprintf(stderr, "test_hdinsight: no attached cluster (sshd fixture: %s)\n",       \
+                S_ok ? "up" : "did not start");                                          \
+    CU_ASSERT_FATAL(W != NULL)
+
+/* a pyspark run: run submit --config {framework: pyspark} --target spark1 ... */
+static char *submit_pyspark(const char *w, const char *src, const char *script,
+                            const char *const opts[], const char *const args[])
+{
+    char *cfgdir = tl_tmpdir("hdicfg");
+    write_at(cfgdir, "run.json", "{\"framework\": \"pyspark\"}");
+    char *cfg = tl_path(cfgdir, "run.json");
+    const char *argv[64];
+    size_t n = 0;
+    const char *fixed[] = {"run", "submit", "--config", cfg, "--target", "spark1", "--source",
+                           src, "--script", script, "-o", "json"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        argv[n++] = fixed[i];
+    for (size_t i = 0; opts && opts[i] && n < 40; i++)
+        argv[n++] = opts[i];
+    if (args) {
+        argv[n++] = "--";
+        for (size_t i = 0; args[i] && n < 62; i++)
+            argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    tl_result r = tl_ctarget_run(w, NULL, NULL, argv);
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    const char *id = json_string_value(json_object_get(j, "id"));
+    char *out = id ? strdup(id) : NULL;
+    json_decref(j);
+    tl_result_free(&r);
+    free(cfg);
+    free(cfgdir);
+    return out;
+}
+
+static int wait_run(const char *w, const char *id, int seconds)
+{
+    char t[16];
+    snprintf(t, sizeof t, "%d", seconds);
+    tl_result r = TL_CT(w, "run", "wait", id, "--timeout", t);
+    int st = r.status;
+    if (st != 0 && st != 1 && st != 130)
+        tl_dump("run wait", &r);
+    tl_result_free(&r);
+    return st;
+}
+
+static char *run_logs(const char *w, const char *id)
+{
+    tl_result r = TL_CT(w, "run", "logs", id);
+    TL_ASSERT_EXIT(r, 0);
+    char *s = r.out;
+    r.out = NULL;
+    tl_result_free(&r);
+    return s ? s : strdup("");
+}
+
+static int pgrep(const char *pattern)
+{
+    const char *argv[] = {"pgrep", "-f", pattern, NULL};
+    tl_result r = tl_exec(argv, NULL, NULL);
+    int st = r.status;
+    tl_result_free(&r);
+    return st; /* 0: found, 1: none */
+}
+
+/* tl_tree_grep over the workspace with its secret store (secrets.db*) moved aside */
+static char *grep_outside_store(const char *w, const char *needle)
+{
+    char *aside = tl_tmpdir("hdiaside");
+    char *cmd = fmt("cd '%s' && for f in secrets.db*; do [ -e \"$f\" ] && mv \"$f\" '%s'/; "
+                    "done; true", w, aside);
+    const char *mv[] = {"/bin/sh", "-c", cmd, NULL};
+    tl_result r = tl_exec(mv, NULL, NULL);
+    CU_ASSERT_EQUAL(r.status, 0);
+    tl_result_free(&r);
+    char *hit = tl_tree_grep(w, needle, strlen(needle));
+    free(cmd);
+    cmd = fmt("mv '%s'/secrets.db* '%s'/", aside, w);
+    const char *back[] = {"/bin/sh", "-c", cmd, NULL};
+    r = tl_exec(back, NULL, NULL);
+    CU_ASSERT_EQUAL(r.status, 0);
+    tl_result_free(&r);
+    free(cmd);
+    free(aside);
+    return hit;
+}
+
+/* ---- 1. attach ------------------------------------------------------------------------------ */
+
+static void t01_attach_records_spark(void)
+{
+    NEED_WS();
+    tl_result r = TL_CT(W, "compute", "show", "spark1", "-o", "json");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "\"spark_version\": \"3.3.0\""));
+    CU_ASSERT(tl_contains(r.out, "\"system\": \"Linux\""));
+    if (!tl_contains(r.out, "3.3.0"))
+        tl_dump("compute show", &r);
+    tl_result_free(&r);
+    r = TL_CT(W, "compute", "status", "spark1", "-o", "json");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "Running"));
+    CU_ASSERT(tl_contains(r.out, "3.3.0"));
+    tl_result_free(&r);
+}
+
+static void t02_unknown_host_key_refused(void)
+{
+    CU_ASSERT_FATAL(S_ok);
+    char *w = tl_tmpdir("hdiws-hk"), *root = mkroot("hdiroot-hk");
+    tl_result r = attach(w, "spark-hk", NULL, "id_ed25519", root, 0, NULL, NULL);
+    TL_ASSERT_EXIT(r, 9);
+    CU_ASSERT(tl_contains(r.err, S.fingerprint));
+    CU_ASSERT(tl_contains(r.err, "--accept-new-host-key"));
+    CU_ASSERT(one_line(r.err));
+    tl_result_free(&r);
+    /* nothing attached, nothing trusted */
+    r = TL_CT(w, "compute", "list", "-o", "json");
+    CU_ASSERT(!tl_contains(r.out, "spark-hk"));
+    tl_result_free(&r);
+    char *kh = tl_path(w, "known_hosts");
+    CU_ASSERT_EQUAL(rl_count_lines(kh), 0);
+    free(kh);
+    free(root);
+    free(w);
+}
+
+static void t03_bad_password_refused_and_not_stored(void)
+{
+    CU_ASSERT_FATAL(S_ok);
+    char *w = tl_tmpdir("hdiws-pw"), *root = mkroot("hdiroot-pw");
+    char *pw = fmt("wrong-%ld-%lld-pw", (long)getpid(), tl_now_ms());
+    char *in = fmt("%s\n", pw);
+    tl_result r = attach(w, "spark-pw", NULL, NULL, root, 1, A("--password-stdin"), in);
+    TL_ASSERT_EXIT(r, 7);
+    CU_ASSERT(one_line(r.err));
+    CU_ASSERT(!tl_contains(r.err, pw));
+    CU_ASSERT(!tl_contains(r.out, pw));
+    tl_result_free(&r);
+    char *hit = tl_tree_grep(w, pw, strlen(pw));
+    CU_ASSERT_PTR_NULL(hit);
+    if (hit)
+        printf("the rejected password was written to %s\n", hit);
+    free(hit);
+    /* the good password, where the fixture could make a password user (root only) */
+    char *user = sf_read(&S, "password_user"), *good = sf_read(&S, "password");
+    if (user && good) {
+        char *gin = fmt("%s\n", good);
+        r = attach(w, "spark-pw", user, NULL, root, 1, A("--password-stdin"), gin);
+        TL_ASSERT_EXIT(r, 0);
+        tl_result_free(&r);
+        /* an accepted password lives in the secret store (secrets.db) and nowhere else */
+        hit = grep_outside_store(w, good);
+        CU_ASSERT_PTR_NULL(hit);
+        if (hit)
+            printf("the password was written to %s\n", hit);
+        free(hit);
+        printf("good password: attached as %s\n", user);
+        free(gin);
+    } else {
+        printf("good password: skipped (the fixture made no password user)\n");
+    }
+    free(user), free(good);
+    free(in), free(pw), free(root), free(w);
+}
+
+static void t04_missing_spark_submit(void)
+{
+    CU_ASSERT_FATAL(S_ok);
+    char *w = tl_tmpdir("hdiws-ns"), *root = mkroot("hdiroot-ns");
+    const char *const cases[] = {"spark_submit=/opt/nospark/bin/spark-submit",
+                                 "spark_submit=spark-submit-not-installed"};
+    for (int i = 0; i < 2; i++) {
+        tl_result r = login_attach(w, "spark-ns", root, 1, A("--set", cases[i]));
+        TL_ASSERT_EXIT(r, 4);
+        CU_ASSERT(tl_contains(r.err, "no spark-submit on the cluster"));
+        CU_ASSERT(tl_contains(r.err, "set spark_submit to its path"));
+        CU_ASSERT(one_line(r.err));
+        tl_result_free(&r);
+    }
+    /* the emulator by its absolute path works */
+    char *abs = fmt("spark_submit=%s/tests/servers/spark/spark-submit", tl_srcdir());
+    tl_result r = login_attach(w, "spark-abs", root, 1, A("--set", abs));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    /* and its detach forgets it */
+    r = TL_CT(w, "compute", "detach", "spark-abs");
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = TL_CT(w, "compute", "list", "-o", "json");
+    CU_ASSERT(!tl_contains(r.out, "spark-abs"));
+    tl_result_free(&r);
+    free(abs), free(root), free(w);
+}
+
+static void t05_double_attach_and_create_refused(void)
+{
+    NEED_WS();
+    char *root = mkroot("hdiroot-dup");
+    tl_result r = login_attach(W, "spark2", root, 1, NULL);
+    TL_ASSERT_EXIT(r, 5);
+    CU_ASSERT(tl_contains(r.err, "spark1"));
+    tl_result_free(&r);
+    char *port = fmt("ssh_port=%d", S.port);
+    r = TL_CT(W, "compute", "create", "spark3", "--type", "hdinsight", "--set",
+              "address=127.0.0.1", "--set", port, "--set", "username=root");
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "hdinsight targets cannot be created by ctarget"));
+    CU_ASSERT(one_line(r.err));
+    tl_result_free(&r);
+    /* resource_id alone cannot be reached */
+    r = TL_CT(W, "compute", "attach", "spark4", "--type", "hdinsight", "--set",
+              "resource_id=/subscriptions/0/resourceGroups/g/providers/Microsoft.HDInsight/"
+              "clusters/c", "--set", "username=root", "--set", "password=env:NOPE");
+    TL_ASSERT_EXIT(r, 3);
+    CU_ASSERT(tl_contains(r.err, "address="));
+    tl_result_free(&r);
+    free(port), free(root);
+}
+
+/* ---- 2. runs -------------------------------------------------------------------------------- */
+
+static const char APP[] =
+    "import json, os, sys\n"
+    "from pyspark.sql import SparkSession\n"
+    "spark = SparkSession.builder.appName('squares').getOrCreate()\n"
+    "sc = spark.sparkContext\n"
+    "total = sc.parallelize(range(int(sys.argv[1])), 4).map(lambda x: x * x).sum()\n"
+    "print('app', sc.appName, 'master', sc.master, 'total', total, flush=True)\n"
+    "print('cwd-has-app', os.path.exists('app.py'), 'args', sys.argv[1:], flush=True)\n"
+    "with open(os.path.join('outputs', 'total.txt'), 'w') as f: f.write(str(total))\n"
+    "os.makedirs('logs', exist_ok=True)\n"
+    "open('logs/driver.txt', 'w').write('driver log\\n')\n"
+    "with open(os.environ['CTARGET_METRICS_FILE'], 'a') as m:\n"
+    "    m.write(json.dumps({'name': 'total', 'value': total}) + '\\n')\n"
+    "sys.exit(int(sys.argv[2]))\n";
+
+static void t06_pyspark_run_completes(void)
+{
+    NEED_WS();
+    char *src = tl_tmpdir("hdisrc");
+    write_at(src, "app.py", APP);
+    char *id = submit_pyspark(W, src, "app.py", NULL, A("10", "0", "it's \"quoted\""));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 0);
+    json_t *j = rl_show(W, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "exit_code")), 0);
+    char *want = fmt("--name ctarget-%s", id);
+    const char *cmd = jstr(json_object_get(j, "handle"), "spark_command");
+    CU_ASSERT(tl_contains(cmd, "spark-submit --deploy-mode client"));
+    CU_ASSERT(tl_contains(cmd, want));
+    if (!tl_contains(cmd, want))
+        printf("handle: %s\n", json_dumps(json_object_get(j, "handle"), 0));
+    json_decref(j);
+    char *log = run_logs(W, id);
+    /* the launcher's own line, then the driver's */
+    CU_ASSERT(tl_contains(log, "spark-submit (emulator) 3.3.0: master=yarn deploy-mode=client"));
+    char *name = fmt("app ctarget-%s master yarn total 285", id);
+    CU_ASSERT(tl_contains(log, name));
+    CU_ASSERT(tl_contains(log, "cwd-has-app True args ['10', '0', 'it\\'s \"quoted\"']"));
+    if (!tl_contains(log, name))
+        printf("log:\n%s\n", log);
+    char *out = rl_run_file(W, id, "outputs/total.txt");
+    char *txt = tl_read_file(out);
+    CU_ASSERT_STRING_EQUAL(txt ? txt : "", "285");
+    char *lg = rl_run_file(W, id, "logs/driver.txt");
+    char *lt = tl_read_file(lg);
+    CU_ASSERT_STRING_EQUAL(lt ? lt : "", "driver log\n");
+    tl_result r = TL_CT(W, "run", "metrics", id, "-o", "json");
+    CU_ASSERT(tl_contains(r.out, "285"));
+    tl_result_free(&r);
+    free(lt), free(lg), free(txt), free(out), free(name), free(log), free(want);
+    free(id), free(src);
+}
+
+static void t07_failing_run(void)
+{
+    NEED_WS();
+    char *src = tl_tmpdir("hdisrc-f");
+    write_at(src, "app.py", APP);
+    char *id = submit_pyspark(W, src, "app.py", NULL, A("3", "7"));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 1);
+    json_t *j = rl_show(W, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "exit_code")), 7);
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "exit code 7"));
+    json_decref(j);
+    char *log = run_logs(W, id);
+    CU_ASSERT(tl_contains(log, "total 5"));
+    free(log);
+    free(id);
+    /* a driver that raises: its traceback is in the log */
+    write_at(src, "boom.py", "import pyspark\nraise RuntimeError('no such table: sales')\n");
+    id = submit_pyspark(W, src, "boom.py", NULL, NULL);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 1);
+    log = run_logs(W, id);
+    CU_ASSERT(tl_contains(log, "RuntimeError: no such table: sales"));
+    free(log);
+    free(id), free(src);
+}
+
+static void t08_plain_python_run_refused(void)
+{
+    NEED_WS();
+    char *src = tl_tmpdir("hdisrc-py");
+    write_at(src, "app.py", "print('ran')\n");
+    tl_result r = TL_CT(W, "run", "submit", "--target", "spark1", "--source", src, "--script",
+                        "app.py", "-o", "json");
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    char *id = strdup(jstr(j, "id"));
+    json_decref(j);
+    tl_result_free(&r);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 1);
+    j = rl_show(W, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "framework pyspark"));
+    if (!tl_contains(jstr(j, "reason"), "framework pyspark"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    char *log = run_logs(W, id);
+    CU_ASSERT(!tl_contains(log, "ran"));
+    free(log);
+    free(id), free(src);
+}
+
+static void t09_cancel_kills_the_driver(void)
+{
+    NEED_WS();
+    char *marker = fmt("hdimark-%ld-%lld", (long)getpid(), tl_now_ms());
+    char *src = tl_tmpdir("hdisrc-c");
+    write_at(src, "app.py", "import sys, time\nimport pyspark\nprint('up', flush=True)\n"
+                            "for _ in range(1200): time.sleep(0.05)\n");
+    char *id = submit_pyspark(W, src, "app.py", A("--cancel-grace", "1"), A(marker));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT(rl_wait_log(W, id, "up\n", 60000));
+    CU_ASSERT_EQUAL(pgrep(marker), 0);
+    tl_result r = TL_CT(W, "run", "cancel", id);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 130);
+    int gone = 0;
+    for (int i = 0; i < 600 && !gone; i++) { /* a guard: 30 s */
+        gone = pgrep(marker) == 1;
+        if (!gone)
+            rl_sleep_ms(50);
+    }
+    CU_ASSERT(gone);
+    json_t *j = rl_show(W, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Canceled");
+    json_decref(j);
+    free(id), free(src), free(marker);
+}
+
+/* ---- 3. pipeline steps ---------------------------------------------------------------------- */
+
+static const char STEP[] =
+    "import os, sys\n"
+    "import pyspark\n"
+    "sc = pyspark.SparkContext.getOrCreate()\n"
+    "src = os.environ['CTARGET_INPUT_DATA']\n"
+    "dst = os.environ['CTARGET_OUTPUT_MODEL']\n"
+    "words = open(os.path.join(src, 'words.txt')).read().split()\n"
+    "n = sc.parallelize(words).filter(lambda w: w.startswith('s')).count()\n"
+    "os.makedirs(dst, exist_ok=True)\n"
+    "open(os.path.join(dst, 'count.txt'), 'w').write('%d\\n' % n)\n"
+    "print('step', sc.appName, 'memory', sc.getConf().get('spark.executor.memory'),\n"
+    "      'helper', __import__('helper').VALUE, 'count', n, flush=True)\n";
+
+static void t10_step_inputs_outputs(void)
+{
+    NEED_WS();
+    char *src = tl_tmpdir("hdistep");
+    write_at(src, "step.py", STEP);
+    write_at(src, "helper.py", "VALUE = 42\n");
+    char *in = tl_path(src, "inputs");
+    mkdir(in, 0755);
+    char *ind = tl_path(in, "data");
+    mkdir(ind, 0755);
+    write_at(ind, "words.txt", "spark sql stream map reduce scala\n");
+    char err[1024];
+    char *id = sl_step_submit(W, "spark1", src, "step.py", NULL,
+                              A("CTARGET_INPUT_DATA=inputs/data", "CTARGET_OUTPUT_MODEL=outputs/model"),
+                              "script",
+                              "{\"conf\": {\"spark.executor.memory\": \"2g\"}, "
+                              "\"py_files\": [\"helper.py\"]}",
+                              err, sizeof err);
+    if (!id)
+        printf("step submit: %s\n", err);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 0);
+    char *log = run_logs(W, id);
+    char *want = fmt("step ctarget-%s memory 2g helper 42 count 4", id);
+    CU_ASSERT(tl_contains(log, want));
+    /* the launcher got the step's conf and py_files */
+    CU_ASSERT(tl_contains(log, "conf={\"spark.executor.memory\": \"2g\"} py-files=helper.py "
+                               "app=step.py"));
+    if (!tl_contains(log, want))
+        printf("log:\n%s\n", log);
+    char *out = rl_run_file(W, id, "outputs/model/count.txt");
+    char *txt = tl_read_file(out);
+    CU_ASSERT_STRING_EQUAL(txt ? txt : "", "4\n");
+    free(txt), free(out), free(want), free(log), free(id);
+    /* an unknown key of the step fails it, naming the key */
+    id = sl_step_submit(W, "spark1", src, "step.py", NULL, NULL, "script",
+                        "{\"executor_count\": 3}", err, sizeof err);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 1);
+    json_t *j = rl_show(W, id);
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "unknown hdinsight key 'executor_count'"));
+    if (!tl_contains(jstr(j, "reason"), "executor_count"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    free(id);
+    /* a wrong type too */
+    id = sl_step_submit(W, "spark1", src, "step.py", NULL, NULL, "script",
+                        "{\"py_files\": \"helper.py\"}", err, sizeof err);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(W, id, 60), 1);
+    j = rl_show(W, id);
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "py_files must be a list"));
+    json_decref(j);
+    free(id);
+    free(ind), free(in), free(src);
+}
+
+static void t11_no_secrets_in_the_workspace(void)
+{
+    NEED_WS();
+    /* the fixture key's passphrase never given here; the fixture's password and the key
+     * file's contents must not be copied anywhere under the workspace */
+    char *pw = sf_read(&S, "password");
+    if (pw) {
+        /* the login password of every target here: in the secret store only, never in the
+         * targets' records, run records, handles, logs or outputs */
+        char *hit = grep_outside_store(W, pw);
+        CU_ASSERT_PTR_NULL(hit);
+        if (hit)
+            printf("the password was written to %s\n", hit);
+        free(hit);
+    }
+    char *kf = sf_file(&S, "id_ed25519");
+    char *key = tl_read_file(kf);
+    CU_ASSERT_FATAL(key != NULL);
+    const char *body = strchr(key, '\n'); /* the first base64 line of the private key */
+    CU_ASSERT_FATAL(body != NULL);
+    char line[65] = "";
+    snprintf(line, sizeof line, "%.60s", body + 1);
+    char *hit = tl_tree_grep(W, line, strlen(line));
+    CU_ASSERT_PTR_NULL(hit);
+    free(hit), free(key), free(kf), free(pw);
+}
+
+/* ---- setup ---------------------------------------------------------------------------------- */
+
+static void add(CU_pSuite s)
+{
+    char *home = tl_tmpdir("hdihome");
+    setenv("HOME", home, 1);
+    free(home);
+    const char *pp = getenv("CTARGET_PLUGIN_PATH");
+    char *path = fmt("%s/plugins/hdinsight/.libs%s%s", tl_builddir(), pp && *pp ? ":" : "",
+                     pp ? pp : "");
+    setenv("CTARGET_PLUGIN_PATH", path, 1);
+    free(path);
+    /* the head node's sessions find the spark-submit emulator first on their PATH */
+    char *env = fmt("PATH=%s/tests/servers/spark:/usr/local/bin:/usr/bin:/bin", tl_srcdir());
+    setenv("SSHD_SETENV", env, 1);
+    free(env);
+    char *dir = tl_tmpdir("hdisshd");
+    S_ok = sf_start(&S, dir, 0) == 0;
+    if (!S_ok)
+        fprintf(stderr, "test_hdinsight: the sshd fixture did not start in %s\n", dir);
+    free(dir);
+    unsetenv("SSHD_SETENV");
+    /* log in as the fixture's own account (made when the test runs as root; it has no shell
+     * start-up files, unlike root's, whose .bashrc may run `pyenv rehash` and wait a minute
+     * on another session's lock); its authorized_keys are the fixture's too */
+    USER = S_ok ? sf_read(&S, "password_user") : NULL;
+    PW = USER ? sf_read(&S, "password") : NULL;
+    if (!USER || !PW) {
+        free(USER), free(PW);
+        USER = strdup("root"), PW = NULL;
+    }
+    printf("logging in as %s\n", USER);
+
+    TL_ADD(s, t01_attach_records_spark);
+    TL_ADD(s, t02_unknown_host_key_refused);
+    TL_ADD(s, t03_bad_password_refused_and_not_stored);
+    TL_ADD(s, t04_missing_spark_submit);
+    TL_ADD(s, t05_double_attach_and_create_refused);
+    TL_ADD(s, t06_pyspark_run_completes);
+    TL_ADD(s, t07_failing_run);
+    TL_ADD(s, t08_plain_python_run_refused);
+    TL_ADD(s, t09_cancel_kills_the_driver);
+    TL_ADD(s, t10_step_inputs_outputs);
+    TL_ADD(s, t11_no_secrets_in_the_workspace);
+}
+
+int main(int argc, char **argv)
+{
+    return tl_main(argc, argv, "hdinsight", add);
+}
