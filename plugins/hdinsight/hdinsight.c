@@ -42,6 +42,15 @@ static const ctarget_config_key keys[] = {
       .help = "spark-submit on the head node: a command on the login PATH or an absolute path"),
     K(.name = "master", .type = CTARGET_KEY_STRING,
       .help = "--master for every run (yarn, local[4], spark://...; default: the cluster's)"),
+    K(.name = "mode", .type = CTARGET_KEY_ENUM, .choices = "ssh|livy", .default_value = "ssh",
+      .help = "how runs start: ssh (spark-submit on the head node) or livy (Livy batches; "
+              "files still go over SSH)"),
+    K(.name = "livy_url", .type = CTARGET_KEY_STRING,
+      .help = "Livy's endpoint for mode=livy: https://CLUSTER.azurehdinsight.net/livy"),
+    K(.name = "livy_username", .type = CTARGET_KEY_STRING, .default_value = "admin",
+      .help = "Livy (cluster login) user for mode=livy"),
+    K(.name = "livy_password", .type = CTARGET_KEY_STRING, .flags = CTARGET_KEY_SECRET,
+      .help = "Livy (cluster login) password for mode=livy (env:VAR or file:PATH)"),
     K(.name = "remote_root", .type = CTARGET_KEY_STRING, .default_value = "~/.ctarget",
       .help = "directory on the head node for ctarget's blob cache and run directories"),
     K(.name = "connect_timeout_seconds", .type = CTARGET_KEY_INT, .min = 1, .max = 600,
@@ -108,6 +117,18 @@ static ctarget_status hdi_validate(void *p, ctarget_call *c, ctarget_target *t, 
         h->error_set(err, CTARGET_E_CONFIG, 0, 0,
                      "master '%s' is not a Spark master URL (yarn, local[N], spark://HOST:PORT)",
                      m);
+        return CTARGET_E_CONFIG;
+    }
+    const char *lu = h->config_get0(t, "livy_url");
+    if (hdi_livy_mode(t) && (!lu || !*lu)) {
+        h->error_set(err, CTARGET_E_CONFIG, 0, 0,
+                     "mode=livy needs livy_url: add --set "
+                     "livy_url=https://CLUSTER.azurehdinsight.net/livy");
+        return CTARGET_E_CONFIG;
+    }
+    if (lu && *lu && (strncmp(lu, "https://", 8) || strchr(lu, '?') || strchr(lu, ' '))) {
+        h->error_set(err, CTARGET_E_CONFIG, 0, 0,
+                     "livy_url '%s' must be an https:// URL without a query", lu);
         return CTARGET_E_CONFIG;
     }
     return CTARGET_OK;
@@ -242,6 +263,10 @@ static ctarget_status hdi_attach(void *p, ctarget_call *c, ctarget_target *t, ct
         HDI_H->progress(c, "checking spark-submit", 0, 0);
         rc = spark_check(c, t, f, err);
     }
+    if (rc == CTARGET_OK && hdi_livy_mode(t)) {
+        HDI_H->progress(c, "checking Livy", 0, 0);
+        rc = hdi_livy_check(c, t, f, err);
+    }
     return rc;
 }
 
@@ -254,6 +279,8 @@ static ctarget_status hdi_status(void *p, ctarget_call *c, ctarget_target *t,
     ctarget_status rc = facts(c, t, details, err);
     if (rc == CTARGET_OK)
         rc = spark_check(c, t, details, err);
+    if (rc == CTARGET_OK && hdi_livy_mode(t))
+        rc = hdi_livy_check(c, t, details, err);
     if (rc == CTARGET_OK) {
         snprintf(st->state, sizeof st->state, "Running");
         return CTARGET_OK;

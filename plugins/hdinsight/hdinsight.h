@@ -21,4 +21,19 @@ extern const ctarget_run_ops hdi_run_ops;
 json_t *hdi_spark_words(const ctarget_target *t, const ctarget_run_info *run,
                         ctarget_error *err);
 
+/* livy.c: mode=livy (runs as Livy batches; files still shipped over SSH) */
+int hdi_livy_mode(const ctarget_target *t);
+ctarget_status hdi_livy_check(ctarget_call *c, const ctarget_target *t, ctarget_obj *facts,
+                              ctarget_error *err);
+ctarget_status hdi_livy_submit(void *ctx, ctarget_call *c, ctarget_target *t,
+                               const ctarget_run_info *run, ctarget_error *err);
+ctarget_status hdi_livy_poll(void *ctx, ctarget_call *c, ctarget_target *t,
+                             const ctarget_run_info *run, long wait_ms, ctarget_run_poll *o,
+                             ctarget_error *err);
+ctarget_status hdi_livy_read_log(void *ctx, ctarget_call *c, ctarget_target *t,
+                                 const ctarget_run_info *run, uint64_t offset,
+                                 ctarget_write_fn out, void *out_arg, ctarget_error *err);
+ctarget_status hdi_livy_cancel(void *ctx, ctarget_call *c, ctarget_target *t,
+                               const ctarget_run_info *run, ctarget_error *err);
+
 #endif

@@ -232,6 +232,8 @@ static ctarget_status hdi_submit(void *ctx, ctarget_call *c, ctarget_target *t,
                                  const ctarget_run_info *run, ctarget_error *err)
 {
     const ctarget_host *h = ((rv_ctx *)ctx)->h;
+    if (hdi_livy_mode(t))
+        return hdi_livy_submit(ctx, c, t, run, err);
     json_t *words = hdi_spark_words(t, run, err);
     if (!words)
         return err->code;
@@ -292,6 +294,8 @@ static ctarget_status hdi_poll(void *ctx, ctarget_call *c, ctarget_target *t,
                                const ctarget_run_info *run, long wait_ms, ctarget_run_poll *out,
                                ctarget_error *err)
 {
+    if (hdi_livy_mode(t))
+        return hdi_livy_poll(ctx, c, t, run, wait_ms, out, err);
     return rv_run_ops.poll(ctx, c, t, run, wait_ms, out, err);
 }
 
@@ -300,12 +304,17 @@ static ctarget_status hdi_read_logs(void *ctx, ctarget_call *c, ctarget_target *
                                     uint64_t offset, ctarget_write_fn out, void *out_arg,
                                     ctarget_error *err)
 {
+    if (hdi_livy_mode(t) && stream == CTARGET_STREAM_LOG)
+        return hdi_livy_read_log(ctx, c, t, run, offset, out, out_arg, err);
+    /* metrics: the file on the head node, through the agent, in both modes */
     return rv_run_ops.read_logs(ctx, c, t, run, stream, offset, out, out_arg, err);
 }
 
 static ctarget_status hdi_cancel(void *ctx, ctarget_call *c, ctarget_target *t,
                                  const ctarget_run_info *run, ctarget_error *err)
 {
+    if (hdi_livy_mode(t))
+        return hdi_livy_cancel(ctx, c, t, run, err);
     return rv_run_ops.cancel(ctx, c, t, run, err);
 }
 
