@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "azfix.h"
 #include "runlib.h"
 #include "sshfix.h"
 #include "steplib.h"
@@ -29,6 +30,9 @@ static char *WS;   /* workspace with target "spark1" on S (key login), attached 
 static char *ROOT; /* its remote_root */
 static char *USER; /* the login: the fixture's own account (see add()), else root */
 static char *PW;   /* its password (NULL: root, by key) */
+static azfix FX;   /* the Azure emulator: its Livy data plane (emu_svc_hdinsight.py) */
+static int FX_ok;
+static char *LWS;  /* workspace with target "livy1" (mode=livy) on S and FX, attached once */
 
 static tl_result attach(const char *ws, const char *name, const char *user, const char *key,
                         const char *root, int accept, const char *const extra[],
@@ -612,6 +616,258 @@ static void t11_no_secrets_in_the_workspace(void)
     free(hit), free(key), free(kf), free(pw);
 }
 
+
+/* ---- 4. Livy batches (mode=livy) ---------------------------------------------------------- */
+
+static tl_result livy_attach(const char *w, const char *name, const char *pw_var)
+{
+    char *url = fmt("livy_url=https://127.0.0.1:%d", azfix_service_port(&FX, "livy"));
+    char *pw = fmt("livy_password=env:%s", pw_var);
+    char *root = mkroot("hdiroot-livy");
+    tl_result r = login_attach(w, name, root, 1,
+                               A("--set", "mode=livy", "--set", url, "--set",
+                                 "livy_username=admin", "--set", pw));
+    free(root), free(pw), free(url);
+    return r;
+}
+
+static const char *lws(void)
+{
+    if (LWS)
+        return LWS;
+    if (!S_ok || !FX_ok)
+        return NULL;
+    char *w = tl_tmpdir("hdilws");
+    tl_result r = livy_attach(w, "livy1", "HDI_LIVY_PW");
+    TL_ASSERT_EXIT(r, 0);
+    if (r.status == 0)
+        LWS = w;
+    else
+        free(w);
+    tl_result_free(&r);
+    return LWS;
+}
+
+#define NEED_LWS()                                                                       \
+    const char *L = lws();                                                               \
+    if (!L)                                                                              \
+        fprintf(stderr, "test_hdinsight: no Livy target (emulator: %s)\n",               \
+                FX_ok ? "up" : "did not start");                                         \
+    CU_ASSERT_FATAL(L != NULL)
+
+static char *livy_submit(const char *w, const char *src, const char *script,
+                         const char *const args[])
+{
+    char *cfgdir = tl_tmpdir("hdicfg");
+    write_at(cfgdir, "run.json", "{\"framework\": \"pyspark\"}");
+    char *cfg = tl_path(cfgdir, "run.json");
+    const char *argv[40];
+    size_t n = 0;
+    const char *fixed[] = {"run", "submit", "--config", cfg, "--target", "livy1", "--source",
+                           src, "--script", script, "--env-var", "GREETING=hej", "-o", "json"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        argv[n++] = fixed[i];
+    if (args) {
+        argv[n++] = "--";
+        for (size_t i = 0; args[i] && n < 38; i++)
+            argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    tl_result r = tl_ctarget_run(w, NULL, NULL, argv);
+    TL_ASSERT_EXIT(r, 0);
+    json_t *j = tl_json(&r);
+    const char *id = json_string_value(json_object_get(j, "id"));
+    char *out = id ? strdup(id) : NULL;
+    json_decref(j);
+    tl_result_free(&r);
+    free(cfg), free(cfgdir);
+    return out;
+}
+
+static void t12_livy_attach(void)
+{
+    CU_ASSERT_FATAL(S_ok && FX_ok);
+    char *w = tl_tmpdir("hdilws-bad");
+    tl_result r = livy_attach(w, "livy-bad", "HDI_LIVY_BAD");
+    TL_ASSERT_EXIT(r, 7);
+    CU_ASSERT(tl_contains(r.err, "refused livy_username 'admin'"));
+    CU_ASSERT(one_line(r.err));
+    CU_ASSERT(!tl_contains(r.err, getenv("HDI_LIVY_BAD")));
+    tl_result_free(&r);
+    /* mode=livy without livy_url */
+    char *root = mkroot("hdiroot-livy");
+    r = login_attach(w, "livy-nourl", root, 1, A("--set", "mode=livy"));
+    TL_ASSERT_EXIT(r, 3);
+    CU_ASSERT(tl_contains(r.err, "mode=livy needs livy_url"));
+    tl_result_free(&r);
+    free(root), free(w);
+    NEED_LWS();
+    r = TL_CT(L, "compute", "status", "livy1", "-o", "json");
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "livy_batches"));
+    tl_result_free(&r);
+}
+
+static const char LIVY_APP[] =
+    "import json, os, sys\n"
+    "from pyspark import SparkContext\n"
+    "sc = SparkContext.getOrCreate()  # the name is spark-submit's --name\n"
+    "n = sc.parallelize(range(int(sys.argv[1]))).sum()\n"
+    "print('livy', sc.appName, 'deploy', os.environ.get('SPARK_DEPLOY_MODE'), 'sum', n,\n"
+    "      'greeting', os.environ.get('GREETING'), 'args', sys.argv[1:], flush=True)\n"
+    "out = os.environ['CTARGET_OUTPUTS_DIR']\n"
+    "open(os.path.join(out, 'sum.txt'), 'w').write(str(n))\n"
+    "with open(os.environ['CTARGET_METRICS_FILE'], 'a') as m:\n"
+    "    m.write(json.dumps({'name': 'sum', 'value': n}) + '\\n')\n"
+    "if len(sys.argv) > 2: raise RuntimeError(sys.argv[2])\n";
+
+static void t13_livy_run_completes_through_429_and_500(void)
+{
+    NEED_LWS();
+    /* the first two polls meet a 429 (Retry-After: 0), the next one a 500: the core's HTTP
+     * client retries them */
+    CU_ASSERT_EQUAL(azfix_reset(&FX), 0);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"livy\",\"method\":\"GET\",\"path\":"
+                                     "\"^/batches/[0-9]+$\",\"status\":429,\"retry_after\":0,"
+                                     "\"count\":2}"), 0);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"livy\",\"method\":\"GET\",\"path\":"
+                                     "\"^/batches/[0-9]+$\",\"status\":500,\"count\":1}"), 0);
+    char *src = tl_tmpdir("hdilsrc");
+    write_at(src, "app.py", LIVY_APP);
+    char *id = livy_submit(L, src, "app.py", A("10"));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(L, id, 60), 0);
+    json_t *j = rl_show(L, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    CU_ASSERT(json_is_integer(json_object_get(json_object_get(j, "handle"), "livy_batch_id")));
+    json_decref(j);
+    char *log = run_logs(L, id);
+    char *want = fmt("livy ctarget-%s deploy cluster sum 45 greeting hej args ['10']", id);
+    CU_ASSERT(tl_contains(log, want));
+    CU_ASSERT(tl_contains(log, "spark-submit (emulator) 3.3.0: master=yarn deploy-mode=cluster"));
+    if (!tl_contains(log, want))
+        printf("log:\n%s\n", log);
+    char *out = rl_run_file(L, id, "outputs/sum.txt");
+    char *txt = tl_read_file(out);
+    CU_ASSERT_STRING_EQUAL(txt ? txt : "", "45");
+    tl_result r = TL_CT(L, "run", "metrics", id, "-o", "json");
+    CU_ASSERT(tl_contains(r.out, "45"));
+    tl_result_free(&r);
+    /* the faults were met, and the run still completed */
+    CU_ASSERT(azfix_count(&FX, "GET", "^/batches/[0-9]+$") >= 4);
+    json_t *reqs = azfix_requests(&FX);
+    int s429 = 0, s500 = 0;
+    size_t i;
+    json_t *q;
+    json_array_foreach(reqs, i, q) {
+        long long st = json_integer_value(json_object_get(q, "status"));
+        s429 += st == 429;
+        s500 += st == 500;
+    }
+    json_decref(reqs);
+    CU_ASSERT_EQUAL(s429, 2);
+    CU_ASSERT_EQUAL(s500, 1);
+    free(txt), free(out), free(want), free(log), free(id), free(src);
+}
+
+static void t14_livy_failing_batch(void)
+{
+    NEED_LWS();
+    char *src = tl_tmpdir("hdilsrc-f");
+    write_at(src, "app.py", LIVY_APP);
+    char *id = livy_submit(L, src, "app.py", A("3", "table sales is missing"));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(L, id, 60), 1);
+    json_t *j = rl_show(L, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "is dead: RuntimeError: table sales is missing"));
+    if (!tl_contains(jstr(j, "reason"), "RuntimeError"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    free(id), free(src);
+}
+
+static const char LIVY_SLEEP[] = "import sys, time\nimport pyspark\nprint('up', flush=True)\n"
+                                 "for _ in range(1200): time.sleep(0.05)\n";
+
+static int livy_alive(int batch)
+{
+    json_t *st = azfix_state(&FX);
+    json_t *h = json_object_get(st, "hdinsight");
+    int alive = 0;
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(h, "batches"), i, b)
+        if (json_integer_value(json_object_get(b, "id")) == batch)
+            alive |= json_is_true(json_object_get(b, "alive"));
+    json_array_foreach(json_object_get(h, "deleted"), i, b)
+        if (json_integer_value(json_object_get(b, "id")) == batch)
+            alive |= json_is_true(json_object_get(b, "alive"));
+    json_decref(st);
+    return alive;
+}
+
+static void t15_livy_cancel(void)
+{
+    NEED_LWS();
+    char *src = tl_tmpdir("hdilsrc-c");
+    write_at(src, "app.py", LIVY_SLEEP);
+    char *id = livy_submit(L, src, "app.py", NULL);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT(rl_wait_log(L, id, "up\n", 60000));
+    json_t *j = rl_show(L, id);
+    int batch = (int)json_integer_value(json_object_get(json_object_get(j, "handle"),
+                                                        "livy_batch_id"));
+    json_decref(j);
+    CU_ASSERT(livy_alive(batch));
+    tl_result r = TL_CT(L, "run", "cancel", id);
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    CU_ASSERT_EQUAL(wait_run(L, id, 60), 130);
+    CU_ASSERT(!livy_alive(batch)); /* DELETE waited for the process */
+    CU_ASSERT(azfix_count(&FX, "DELETE", "^/batches/[0-9]+$") >= 1);
+    free(id), free(src);
+}
+
+static void t16_livy_batch_killed_on_the_cluster(void)
+{
+    NEED_LWS();
+    char *src = tl_tmpdir("hdilsrc-k");
+    write_at(src, "app.py", LIVY_SLEEP);
+    char *id = livy_submit(L, src, "app.py", NULL);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT(rl_wait_log(L, id, "up\n", 60000));
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"livy\",\"action\":\"kill_batch\"}"), 0);
+    CU_ASSERT_EQUAL(wait_run(L, id, 60), 1);
+    json_t *j = rl_show(L, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Failed");
+    CU_ASSERT(tl_contains(jstr(j, "reason"), "was killed: the cluster lost its node"));
+    if (!tl_contains(jstr(j, "reason"), "killed"))
+        printf("reason: %s\n", jstr(j, "reason"));
+    json_decref(j);
+    free(id), free(src);
+}
+
+static void t17_livy_password_never_stored(void)
+{
+    NEED_LWS();
+    const char *pw = getenv("HDI_LIVY_PW");
+    CU_ASSERT_FATAL(pw && strlen(pw) > 8);
+    /* given as env:VAR, its value is nowhere in the workspace, store included */
+    char *hit = tl_tree_grep(L, pw, strlen(pw));
+    CU_ASSERT_PTR_NULL(hit);
+    if (hit)
+        printf("the Livy password was written to %s\n", hit);
+    free(hit);
+    /* and the HTTP basic credentials were sent (the emulator accepted them) but never
+     * logged: the request log holds no Authorization header */
+    json_t *reqs = azfix_requests(&FX);
+    char *text = json_dumps(reqs, 0);
+    CU_ASSERT(!tl_contains(text, "Basic "));
+    free(text);
+    json_decref(reqs);
+}
+
 /* ---- setup ---------------------------------------------------------------------------------- */
 
 static void add(CU_pSuite s)
@@ -644,6 +900,21 @@ static void add(CU_pSuite s)
         USER = strdup("root"), PW = NULL;
     }
     printf("logging in as %s\n", USER);
+    /* the Azure emulator, for its Livy data plane (no Azurite needed) */
+    azfix_opts o = {.no_azurite = 1};
+    FX_ok = azfix_start(&FX, &o) == 0;
+    if (FX_ok) {
+        setenv("CTARGET_CA_BUNDLE", FX.ca_bundle, 1);
+        char *pf = tl_path(FX.dir, "livy_password");
+        char *pw = tl_read_file(pf);
+        if (pw) {
+            pw[strcspn(pw, "\n")] = '\0';
+            setenv("HDI_LIVY_PW", pw, 1);
+        }
+        FX_ok = pw != NULL && azfix_service_port(&FX, "livy") > 0;
+        free(pw), free(pf);
+        setenv("HDI_LIVY_BAD", "not-the-livy-password-Q7", 1);
+    }
 
     TL_ADD(s, t01_attach_records_spark);
     TL_ADD(s, t02_unknown_host_key_refused);
@@ -656,6 +927,12 @@ static void add(CU_pSuite s)
     TL_ADD(s, t09_cancel_kills_the_driver);
     TL_ADD(s, t10_step_inputs_outputs);
     TL_ADD(s, t11_no_secrets_in_the_workspace);
+    TL_ADD(s, t12_livy_attach);
+    TL_ADD(s, t13_livy_run_completes_through_429_and_500);
+    TL_ADD(s, t14_livy_failing_batch);
+    TL_ADD(s, t15_livy_cancel);
+    TL_ADD(s, t16_livy_batch_killed_on_the_cluster);
+    TL_ADD(s, t17_livy_password_never_stored);
 }
 
 int main(int argc, char **argv)
