@@ -370,12 +370,20 @@ static void t05_double_attach_and_create_refused(void)
     CU_ASSERT(tl_contains(r.err, "hdinsight targets cannot be created by ctarget"));
     CU_ASSERT(one_line(r.err));
     tl_result_free(&r);
-    /* resource_id alone cannot be reached */
+    /* a resource_id that is no HDInsight cluster */
     r = TL_CT(W, "compute", "attach", "spark4", "--type", "hdinsight", "--set",
-              "resource_id=/subscriptions/0/resourceGroups/g/providers/Microsoft.HDInsight/"
-              "clusters/c", "--set", "username=root", "--set", "password=env:NOPE");
+              "resource_id=/subscriptions/0/resourceGroups/g/providers/Microsoft.Compute/"
+              "virtualMachines/vm", "--set", "username=root", "--set", "password=env:NOPE");
     TL_ASSERT_EXIT(r, 3);
-    CU_ASSERT(tl_contains(r.err, "address="));
+    CU_ASSERT(tl_contains(r.err, "is not an HDInsight cluster"));
+    CU_ASSERT(one_line(r.err));
+    tl_result_free(&r);
+    /* neither address nor resource_id */
+    r = TL_CT(W, "compute", "attach", "spark5", "--type", "hdinsight", "--set", "username=root",
+              "--set", "password=env:NOPE");
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT(tl_contains(r.err, "address") && tl_contains(r.err, "resource_id"));
+    CU_ASSERT(one_line(r.err));
     tl_result_free(&r);
     free(port), free(root);
 }
@@ -868,6 +876,98 @@ static void t17_livy_password_never_stored(void)
     json_decref(reqs);
 }
 
+/* ---- 5. resource_id through ARM ----------------------------------------------------------- */
+
+static tl_result arm_attach(const char *w, const char *name, const char *cluster,
+                            const char *const extra[])
+{
+    char *rid = fmt("resource_id=/subscriptions/%s/resourceGroups/%s/providers/"
+                    "Microsoft.HDInsight/clusters/%s", FX.subscription_id, FX.resource_group,
+                    cluster);
+    char *root = mkroot("hdiroot-arm");
+    char *rr = fmt("remote_root=%s", root);
+    char *u = fmt("username=%s", USER);
+    char *arm = fmt("arm_endpoint=%s", FX.arm), *aad = fmt("aad_endpoint=%s", FX.aad);
+    char *ten = fmt("tenant_id=%s", FX.tenant_id), *cid = fmt("client_id=%s", FX.client_id);
+    const char *argv[64];
+    size_t n = 0;
+    const char *fixed[] = {"compute", "attach", name, "--type", "hdinsight", "--set", rid,
+                           "--set", u, "--set", rr, "--set", arm, "--set", aad, "--set", ten,
+                           "--set", cid, "--set", "client_secret=env:HDI_SP_SECRET",
+                           "--accept-new-host-key"};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        argv[n++] = fixed[i];
+    char *in = NULL;
+    if (PW) {
+        argv[n++] = "--password-stdin";
+        in = fmt("%s\n", PW);
+    } else {
+        char *kf = sf_file(&S, "id_ed25519");
+        argv[n++] = "--set";
+        argv[n++] = in = fmt("private_key_file=%s", kf); /* freed below, not stdin */
+        free(kf);
+    }
+    for (size_t i = 0; extra && extra[i] && n < 62; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    tl_result r = tl_ctarget_run(w, PW ? in : NULL, NULL, argv);
+    free(in), free(cid), free(ten), free(aad), free(arm), free(u), free(rr), free(root), free(rid);
+    return r;
+}
+
+static void t18_resource_id_through_arm(void)
+{
+    CU_ASSERT_FATAL(S_ok && FX_ok);
+    char *cfg = fmt("{\"hdinsight_clusters\": {\"spark-emu\": {\"ssh\": \"127.0.0.1:%d\"}, "
+                    "\"hadoop-emu\": {\"ssh\": \"127.0.0.1:%d\", \"kind\": \"HADOOP\"}}}",
+                    S.port, S.port);
+    CU_ASSERT_EQUAL_FATAL(azfix_config(&FX, cfg), 0);
+    free(cfg);
+    char *w = tl_tmpdir("hdiaws");
+    /* an unknown cluster: ARM's own answer */
+    tl_result r = arm_attach(w, "spark-none", "nope", NULL);
+    TL_ASSERT_EXIT(r, 4);
+    CU_ASSERT(tl_contains(r.err, "ResourceNotFound"));
+    CU_ASSERT(tl_contains(r.err, "'nope'"));
+    CU_ASSERT(one_line(r.err));
+    tl_result_free(&r);
+    /* not a Spark cluster */
+    r = arm_attach(w, "spark-hadoop", "hadoop-emu", NULL);
+    TL_ASSERT_EXIT(r, 6);
+    CU_ASSERT(tl_contains(r.err, "is a HADOOP cluster"));
+    tl_result_free(&r);
+    /* the Spark cluster: its SSH and Livy endpoints from ARM, Livy batches on it */
+    r = arm_attach(w, "livy1", "spark-emu",
+                   A("--set", "mode=livy", "--set", "livy_password=env:HDI_LIVY_PW"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = TL_CT(w, "compute", "show", "livy1", "-o", "json");
+    CU_ASSERT(tl_contains(r.out, "\"ssh_endpoint\": \"127.0.0.1\""));
+    char *lu = fmt("\"livy_endpoint\": \"https://127.0.0.1:%d/livy\"",
+                   azfix_service_port(&FX, "livy"));
+    CU_ASSERT(tl_contains(r.out, lu));
+    CU_ASSERT(tl_contains(r.out, "\"cluster_version\": \"3.5.1000.0\""));
+    CU_ASSERT(tl_contains(r.out, "3.3.0"));
+    if (!tl_contains(r.out, lu))
+        tl_dump("compute show", &r);
+    tl_result_free(&r);
+    free(lu);
+    CU_ASSERT(azfix_count(&FX, "GET", "/providers/Microsoft.HDInsight/clusters/spark-emu$") >= 1);
+    char *src = tl_tmpdir("hdiasrc");
+    write_at(src, "app.py", LIVY_APP);
+    char *id = livy_submit(w, src, "app.py", A("4"));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(w, id, 60), 0);
+    char *log = run_logs(w, id);
+    CU_ASSERT(tl_contains(log, "deploy cluster sum 6"));
+    free(log);
+    /* the service principal's secret is nowhere in the workspace */
+    char *hit = tl_tree_grep(w, FX.client_secret, strlen(FX.client_secret));
+    CU_ASSERT_PTR_NULL(hit);
+    free(hit);
+    free(id), free(src), free(w);
+}
+
 /* ---- setup ---------------------------------------------------------------------------------- */
 
 static void add(CU_pSuite s)
@@ -914,6 +1014,7 @@ static void add(CU_pSuite s)
         FX_ok = pw != NULL && azfix_service_port(&FX, "livy") > 0;
         free(pw), free(pf);
         setenv("HDI_LIVY_BAD", "not-the-livy-password-Q7", 1);
+        setenv("HDI_SP_SECRET", FX.client_secret, 1);
     }
 
     TL_ADD(s, t01_attach_records_spark);
@@ -933,6 +1034,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t15_livy_cancel);
     TL_ADD(s, t16_livy_batch_killed_on_the_cluster);
     TL_ADD(s, t17_livy_password_never_stored);
+    TL_ADD(s, t18_resource_id_through_arm);
 }
 
 int main(int argc, char **argv)

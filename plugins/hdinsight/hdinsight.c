@@ -11,18 +11,21 @@
 
 #include <jansson.h>
 
+#include "azure.h"
+
 const ctarget_host *HDI_H;
 
 #define K(...) {.struct_size = sizeof(ctarget_config_key), __VA_ARGS__}
 static const ctarget_config_key keys[] = {
+    AZ_CONFIG_KEYS, /* for resource_id: the credentials and endpoints of ARM */
     K(.name = "address", .type = CTARGET_KEY_STRING, .flags = CTARGET_KEY_REQUIRED_ATTACH,
       .group = 1, .identity = 1,
       .help = "SSH endpoint of the cluster's head node: <cluster>-ssh.azurehdinsight.net or "
               "an IP address"),
     K(.name = "resource_id", .type = CTARGET_KEY_STRING, .flags = CTARGET_KEY_REQUIRED_ATTACH,
       .group = 1, .identity = 2,
-      .help = "ARM id of the Microsoft.HDInsight/clusters resource (recorded; give address "
-              "too to connect)"),
+      .help = "ARM id of the Microsoft.HDInsight/clusters resource: attach asks ARM for its "
+              "SSH and HTTPS endpoints (needs Azure credentials)"),
     K(.name = "ssh_port", .type = CTARGET_KEY_INT, .min = 1, .max = 65535,
       .default_value = "22", .identity = 1, .help = "SSH port of the head node"),
     K(.name = "username", .type = CTARGET_KEY_STRING, .flags = CTARGET_KEY_REQUIRED_ATTACH,
@@ -64,8 +67,8 @@ static ctarget_status hdi_init(const ctarget_host *host, void **p, ctarget_error
         host->error_set(err, CTARGET_E_NOMEM, 0, 0, "out of memory");
         return CTARGET_E_NOMEM;
     }
-    HDI_H = host;
-    ctx->h = host;
+    HDI_H = hdi_wrap_host(host);
+    ctx->h = HDI_H;
     *p = ctx;
     return CTARGET_OK;
 }
@@ -81,14 +84,14 @@ static ctarget_status hdi_validate(void *p, ctarget_call *c, ctarget_target *t, 
     (void)p, (void)c, (void)v;
     const ctarget_host *h = HDI_H;
     const char *addr = h->config_get0(t, "address");
-    if (!addr || !*addr) {
+    const char *rid0 = h->config_get0(t, "resource_id");
+    if ((!addr || !*addr) && (!rid0 || !*rid0)) {
         h->error_set(err, CTARGET_E_CONFIG, 0, 0,
-                     "resource_id alone cannot be reached by this plugin yet: add --set "
-                     "address=<cluster>-ssh.azurehdinsight.net (the cluster's SSH endpoint, "
-                     "connectivityEndpoints in the portal or `az hdinsight show`)");
+                     "an hdinsight target needs --set address=<cluster>-ssh.azurehdinsight.net "
+                     "or --set resource_id=/subscriptions/.../clusters/NAME");
         return CTARGET_E_CONFIG;
     }
-    if (strchr(addr, ' ') || strchr(addr, '/') || addr[0] == '-') {
+    if (addr && *addr && (strchr(addr, ' ') || strchr(addr, '/') || addr[0] == '-')) {
         h->error_set(err, CTARGET_E_CONFIG, 0, 0,
                      "address '%s' is not a host name or IP address", addr);
         return CTARGET_E_CONFIG;
@@ -120,7 +123,7 @@ static ctarget_status hdi_validate(void *p, ctarget_call *c, ctarget_target *t, 
         return CTARGET_E_CONFIG;
     }
     const char *lu = h->config_get0(t, "livy_url");
-    if (hdi_livy_mode(t) && (!lu || !*lu)) {
+    if (hdi_livy_mode(t) && (!lu || !*lu) && !hdi_needs_resolving(t)) {
         h->error_set(err, CTARGET_E_CONFIG, 0, 0,
                      "mode=livy needs livy_url: add --set "
                      "livy_url=https://CLUSTER.azurehdinsight.net/livy");
@@ -257,8 +260,14 @@ static ctarget_status hdi_attach(void *p, ctarget_call *c, ctarget_target *t, ct
                                  ctarget_error *err)
 {
     (void)p;
+    ctarget_status rc = CTARGET_OK;
+    if (hdi_needs_resolving(t)) {
+        rc = hdi_resolve(c, t, f, err);
+        if (rc != CTARGET_OK)
+            return rc;
+    }
     HDI_H->progress(c, "connecting", 0, 0);
-    ctarget_status rc = facts(c, t, f, err);
+    rc = facts(c, t, f, err);
     if (rc == CTARGET_OK) {
         HDI_H->progress(c, "checking spark-submit", 0, 0);
         rc = spark_check(c, t, f, err);

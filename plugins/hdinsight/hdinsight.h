@@ -21,6 +21,14 @@ extern const ctarget_run_ops hdi_run_ops;
 json_t *hdi_spark_words(const ctarget_target *t, const ctarget_run_info *run,
                         ctarget_error *err);
 
+/* arm.c: resource_id resolved through ARM into the target's endpoint.json; the host table
+ * every part of the plugin (and remotevm's code in it) uses, whose config_get0 answers
+ * address/ssh_port/livy_url from there when the target has no address */
+const ctarget_host *hdi_wrap_host(const ctarget_host *real);
+int hdi_needs_resolving(const ctarget_target *t);
+ctarget_status hdi_resolve(ctarget_call *c, ctarget_target *t, ctarget_obj *facts,
+                           ctarget_error *err);
+
 /* livy.c: mode=livy (runs as Livy batches; files still shipped over SSH) */
 int hdi_livy_mode(const ctarget_target *t);
 ctarget_status hdi_livy_check(ctarget_call *c, const ctarget_target *t, ctarget_obj *facts,

@@ -21,8 +21,16 @@ At most 16 batches run at once (more: 400 "too many running batches").
 Faults ("target": "livy"): status faults (429 with retry_after, 500) through the emulator's
 generic machinery; action "kill_batch" (optional "batch": id) kills a running batch's process
 with SIGKILL on the next GET of that batch: it goes dead with "YARN application ... killed"
-in its log.  The ARM side answers no HDInsight resource yet (404 for every path): resource_id
-resolution is not implemented by the plugin.
+in its log.
+
+ARM: GET .../providers/Microsoft.HDInsight/clusters/NAME?api-version=2021-06-01 answers the
+official example's body (GetLinuxSparkCluster.json from specs/hdinsight.json, the bundle of
+../shared/specs/hdinsight and ../shared/specs/livy; the swagger itself is not in shared/specs)
+with its id, name and connectivityEndpoints made true: SSH at the address a test registered
+with POST /_emulator/config {"hdinsight_clusters": {"NAME": {"ssh": "127.0.0.1:PORT",
+"kind": "SPARK", "state": "Running"}}}, HTTPS at 127.0.0.1 and the Livy plane's port (which
+also answers under /livy, the gateway's path).  Unknown clusters are ARM's 404
+ResourceNotFound, another api-version is 400 InvalidApiVersionParameter, any other method 405.
 
 state(emu)["hdinsight"] = {"batches": [{"id", "state", "pid", "alive"}]}: a test checks that
 nothing it canceled is left running."""
@@ -64,14 +72,59 @@ def init(emu):
         f.write(_password + "\n")
     os.rename(p + ".tmp", p)
     os.makedirs(os.path.join(emu.dir, "livy"), exist_ok=True)
+    emu.cfg.setdefault("hdinsight_clusters", {})
     emu.data_plane("livy", plane)
+
+
+API_VERSION = "2021-06-01"
+EXAMPLE = ("specification/hdinsight/resource-manager/Microsoft.HDInsight/HDInsight/stable/"
+           "2021-06-01/examples/GetLinuxSparkCluster.json")
+
+
+def _example():
+    with open(os.path.join(HERE, "specs", "hdinsight.json"), encoding="utf-8") as f:
+        return json.loads(json.load(f)["files"][EXAMPLE])
 
 
 def arm(h, path, body):
     from azure_emulator import HttpError
-    raise HttpError(404, "ResourceNotFound",
-                    "The Resource '%s' was not found (the emulator holds no HDInsight "
-                    "clusters)." % path.split("/providers/", 1)[-1])
+    import copy
+    m = re.match(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.HDInsight/"
+                 r"clusters/([^/]+)$", path, re.I)
+    if not m:
+        raise HttpError(404, "NotFound", "No HDInsight route for %s %s." % (h.command, path))
+    sub, rg, name = m.groups()
+    av = h.q.get("api-version")
+    if av != API_VERSION:
+        raise HttpError(400, "InvalidApiVersionParameter",
+                        "The api-version '%s' is invalid. The supported versions are '%s'."
+                        % (av, API_VERSION))
+    if h.command != "GET":
+        raise HttpError(405, "MethodNotAllowed",
+                        "The emulator serves HDInsight clusters GET only (ctarget never creates "
+                        "clusters).")
+    clusters = _emu.cfg.get("hdinsight_clusters") or {}
+    c = clusters.get(name)
+    if c is None:
+        raise HttpError(404, "ResourceNotFound",
+                        "The Resource 'Microsoft.HDInsight/clusters/%s' under resource group '%s' "
+                        "was not found. For more details please go to "
+                        "https://aka.ms/ARMResourceNotFoundFix" % (name, rg))
+    b = copy.deepcopy(_example()["responses"]["200"]["body"])
+    b["id"] = "/subscriptions/%s/resourceGroups/%s/providers/Microsoft.HDInsight/clusters/%s" % (
+        sub, rg, name)
+    b["name"] = name
+    pr = b["properties"]
+    pr["clusterDefinition"]["kind"] = c.get("kind", "SPARK")
+    pr["clusterState"] = c.get("state", "Running")
+    host, _, port = c.get("ssh", "127.0.0.1:22").rpartition(":")
+    livy = _emu.planes["livy"].server_address[1]
+    for e in pr["connectivityEndpoints"]:
+        if e["name"] == "SSH":
+            e["location"], e["port"] = host, int(port)
+        elif e["name"] == "HTTPS":
+            e["location"], e["port"] = "127.0.0.1", livy
+    return h.send(200, b)
 
 
 def _alive(b):
@@ -234,6 +287,8 @@ def _start(body):
 def plane(h, path, body):
     from azure_emulator import HttpError
     _check_auth(h)
+    if path == "/livy" or path.startswith("/livy/"):  # the HDInsight gateway's path
+        path = path[5:] or "/"
     m = h.command
     if m in ("POST", "DELETE") and not h.headers.get("X-Requested-By"):
         return _msg(h, 400, "Missing Required Header for CSRF protection.")
