@@ -856,6 +856,35 @@ static void t16_livy_batch_killed_on_the_cluster(void)
     free(id), free(src);
 }
 
+static void t20_livy_submit_through_429_and_500_once(void)
+{
+    NEED_LWS();
+    /* POST /batches meets a 500, then a 429: the plugin checks Livy has no batch of the run's
+     * name before posting again, so exactly one batch runs */
+    CU_ASSERT_EQUAL(azfix_reset(&FX), 0);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"livy\",\"method\":\"POST\",\"path\":"
+                                     "\"^/batches$\",\"status\":500,\"count\":1}"), 0);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"target\":\"livy\",\"method\":\"POST\",\"path\":"
+                                     "\"^/batches$\",\"status\":429,\"retry_after\":0,"
+                                     "\"count\":1}"), 0);
+    char *src = tl_tmpdir("hdilsrc-p");
+    write_at(src, "app.py", LIVY_APP);
+    char *id = livy_submit(L, src, "app.py", A("5"));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(L, id, 60), 0);
+    CU_ASSERT_EQUAL(azfix_count(&FX, "POST", "^/batches$"), 3);
+    char *name = fmt("ctarget-%s", id);
+    json_t *st = azfix_state(&FX);
+    int same = 0;
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(json_object_get(st, "hdinsight"), "batches"), i, b)
+        same += !strcmp(jstr(b, "name"), name);
+    json_decref(st);
+    CU_ASSERT_EQUAL(same, 1);
+    free(name), free(id), free(src);
+}
+
 static void t17_livy_password_never_stored(void)
 {
     NEED_LWS();
@@ -1080,6 +1109,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t14_livy_failing_batch);
     TL_ADD(s, t15_livy_cancel);
     TL_ADD(s, t16_livy_batch_killed_on_the_cluster);
+    TL_ADD(s, t20_livy_submit_through_429_and_500_once);
     TL_ADD(s, t17_livy_password_never_stored);
     TL_ADD(s, t18_resource_id_through_arm);
     TL_ADD(s, t19_official_client);

@@ -70,6 +70,12 @@ static ctarget_status livy(ctarget_call *c, const ctarget_target *t, const char 
     const ctarget_host *h = HDI_H;
     const char *base = h->config_get0(t, "livy_url");
     const char *user = h->config_get0(t, "livy_username");
+    if (!base || !*base) {
+        h->error_set(err, CTARGET_E_CONFIG, 0, 0,
+                     "mode=livy and no livy_url (the cluster lists no HTTPS endpoint): add --set "
+                     "livy_url=https://CLUSTER.azurehdinsight.net/livy");
+        return CTARGET_E_CONFIG;
+    }
     char *pw = NULL;
     ctarget_status rc = h->secret_get1(t, "livy_password", &pw, err);
     if (rc != CTARGET_OK)
@@ -188,6 +194,39 @@ static char *remote_root(ctarget_call *c, ctarget_target *t, ctarget_error *err)
         HDI_H->error_set(err, CTARGET_E_REMOTE, 0, 0,
                          "the head node's agent did not say where remote_root is");
     return out;
+}
+
+/* the batch Livy holds under this name (a new reference), or NULL */
+static json_t *find_batch(ctarget_call *c, const ctarget_target *t, const char *name)
+{
+    ctarget_error e;
+    memset(&e, 0, sizeof e);
+    e.struct_size = sizeof e;
+    json_t *found = NULL;
+    for (long from = 0; name && !found && from < 100000;) {
+        char path[80];
+        snprintf(path, sizeof path, "/batches?from=%ld&size=200", from);
+        json_t *j = NULL;
+        long st = 0;
+        if (livy(c, t, "GET", path, NULL, 0, &j, &st, NULL, &e) != CTARGET_OK)
+            return NULL;
+        json_t *ss = json_object_get(j, "sessions");
+        size_t i;
+        json_t *b;
+        json_array_foreach(ss, i, b) {
+            const char *n = json_string_value(json_object_get(b, "name"));
+            if (n && !strcmp(n, name) && json_is_integer(json_object_get(b, "id"))) {
+                found = json_incref(b);
+                break;
+            }
+        }
+        size_t got = json_array_size(ss);
+        json_decref(j);
+        if (!got)
+            break;
+        from += (long)got;
+    }
+    return found;
 }
 
 ctarget_status hdi_livy_submit(void *ctx, ctarget_call *c, ctarget_target *t,
@@ -312,7 +351,23 @@ ctarget_status hdi_livy_submit(void *ctx, ctarget_call *c, ctarget_target *t,
         json_decref(pyf);
     json_t *ans = NULL;
     long st = 0;
-    rc = livy(c, t, "POST", "/batches", body, 0, &ans, &st, NULL, err);
+    /* POST is not idempotent: a batch of this run's name that Livy already has (a monitor
+     * that died after its POST, or a POST whose answer was lost) is adopted, not doubled */
+    const char *bname = json_string_value(json_object_get(body, "name"));
+    ans = find_batch(c, t, bname);
+    for (int attempt = 1; !ans; attempt++) {
+        rc = livy(c, t, "POST", "/batches", body, 0, &ans, &st, NULL, err);
+        if (rc == CTARGET_OK || !err->transient || attempt == 4)
+            break;
+        /* 429/5xx: was it created all the same?  If not, POST again after a pause */
+        ans = find_batch(c, t, bname);
+        if (ans) {
+            rc = CTARGET_OK;
+            break;
+        }
+        if (h->sleep_ms(c, 250L * attempt) != CTARGET_OK)
+            break;
+    }
     json_decref(body);
     free(rd), free(src);
     if (rc != CTARGET_OK)
