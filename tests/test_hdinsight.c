@@ -1044,6 +1044,24 @@ static void t19_official_client(void)
     free(e1), free(e2), free(e3), free(e4), free(script);
 }
 
+/* ---- 7. the emulator held to Livy's document and the official HDInsight example --------- */
+
+static void t21_emulator_held_to_the_documents(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *script = fmt("%s/tests/emulators/hdinsight_selftest.py", tl_srcdir());
+    const char *argv[] = {"python3", script, FX.dir, NULL};
+    tl_result r = tl_exec(argv, NULL, (const char *const *)FX.env);
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, ", 0 failed"));
+    if (r.status != 0)
+        tl_dump("hdinsight_selftest.py", &r);
+    else
+        printf("emulator: %s", strstr(r.out, "hdinsight_selftest:"));
+    tl_result_free(&r);
+    free(script);
+}
+
 /* ---- setup ---------------------------------------------------------------------------------- */
 
 static void add(CU_pSuite s)
@@ -1113,6 +1131,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t17_livy_password_never_stored);
     TL_ADD(s, t18_resource_id_through_arm);
     TL_ADD(s, t19_official_client);
+    TL_ADD(s, t21_emulator_held_to_the_documents);
 }
 
 int main(int argc, char **argv)

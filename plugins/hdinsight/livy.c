@@ -420,7 +420,9 @@ static ctarget_status batch_log(ctarget_call *c, const ctarget_target *t, long l
             rv_buf_add(out, "\n", 1);
         }
         long got = (long)json_array_size(lines);
-        long total = (long)json_integer_value(json_object_get(j, "total"));
+        /* Livy's server says "total"; its rest-api.md calls it "size" */
+        json_t *tj = json_object_get(j, "total");
+        long total = (long)json_integer_value(tj ? tj : json_object_get(j, "size"));
         json_decref(j);
         from += got;
         if (!got || from >= total)

@@ -7,9 +7,10 @@ HTTP basic authentication (user "admin", the password written to DIR/livy_passwo
 one is 401) and Livy's CSRF check (a POST or DELETE without X-Requested-By is 400, as with
 livy.server.csrf-protection.enabled, HDInsight's setting).
 
-POST /batches bodies are held to the documented Batch request fields (file required; every
-field's type; an unknown field is refused with 400 "Unrecognized field", as Livy's Jackson
-mapper does).  A batch runs as a local process: the spark-submit *emulator*
+POST /batches bodies are held to the request fields of the document's own table (parsed from
+the bundled rest-api.md at start: names, types, "required"; an unknown field is refused with
+400 "Unrecognized field", as Livy's Jackson mapper does), and a Batch answer carries exactly
+the fields of its "Batch" table.  A batch runs as a local process: the spark-submit *emulator*
 (tests/servers/spark/spark-submit) with --master yarn --deploy-mode cluster, --name, --conf
 (conf, driverMemory..., and spark.yarn.appMasterEnv.* which the emulator exports to the
 driver as YARN would), --py-files and the file, in a scratch directory; its combined output
@@ -50,10 +51,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SPARK_SUBMIT = os.path.join(HERE, "..", "servers", "spark", "spark-submit")
 MAX_RUNNING = 16
 
-FIELDS = {"file": str, "proxyUser": str, "className": str, "args": list, "jars": list,
-          "pyFiles": list, "files": list, "driverMemory": str, "driverCores": int,
-          "executorMemory": str, "executorCores": int, "numExecutors": int, "archives": list,
-          "queue": str, "name": str, "conf": dict}
+LIVY_DOC = "docs/rest-api.md"
+TYPES = {"path (required)": str, "string": str, "int": int, "list of strings": list,
+         "list of string": list, "map of key=val": dict}
+
+
+def doc_table(section, nth=0):
+    """(name, type) rows of the nth table after `section` in Livy's rest-api.md (bundled)."""
+    with open(os.path.join(HERE, "specs", "hdinsight.json"), encoding="utf-8") as f:
+        md = json.load(f)["files"][LIVY_DOC]
+    i = md.index(section + "\n")
+    for _ in range(nth):
+        i = md.index("</table>", i) + 8
+    j = md.index("</table>", i)
+    return re.findall(r"<tr>\s*<td>([^<]+)</td>\s*<td>.*?</td>\s*<td>([^<]+)</td>\s*</tr>",
+                      md[i:j], re.S)
+
+
+# the request fields of POST /batches and the Batch object, from the document itself
+FIELDS = {n: TYPES[t.strip().lower()] for n, t in doc_table("### POST /batches")}
+REQUIRED = [n for n, t in doc_table("### POST /batches") if "required" in t]
+BATCH_FIELDS = [n for n, _ in doc_table("### Batch")]
 
 _emu = None
 _lock = threading.Lock()
@@ -205,10 +223,12 @@ def _msg(h, status, msg):
 
 
 def _view(i, b):
-    return {"id": i, "name": b.get("name"), "owner": _user, "proxyUser": b.get("proxyUser"),
-            "state": b["state"], "appId": b.get("appId"),
-            "appInfo": {"driverLogUrl": None, "sparkUiUrl": None},
-            "log": _lines(b)[-100:]}
+    v = {"id": i, "name": b.get("name"), "owner": _user, "proxyUser": b.get("proxyUser"),
+         "state": b["state"], "appId": b.get("appId"),
+         "appInfo": {"driverLogUrl": None, "sparkUiUrl": None}, "ttl": None,
+         "log": _lines(b)[-100:]}
+    assert set(v) == set(BATCH_FIELDS), sorted(set(v) ^ set(BATCH_FIELDS))
+    return v
 
 
 def _lines(b):
@@ -239,8 +259,9 @@ def _validate(body):
             return "field %s must be a list of strings" % k
         if t is dict and not all(isinstance(x, str) for x in v.values()):
             return "conf values must be strings"
-    if "file" not in body:
-        return "Missing required field: file"
+    for k in REQUIRED:
+        if k not in body:
+            return "Missing required field: %s" % k
     return None
 
 
@@ -365,5 +386,7 @@ def plane(h, path, body):
             fr = int(h.q.get("from", 0) or 0)
             size = int(h.q.get("size", 100) or 100)
             sel = ls[fr:fr + size]
-            return h.send(200, {"id": i, "from": fr, "total": len(ls), "log": sel})
+            # rest-api.md documents "size" (number of log lines); Livy's server (SessionServlet)
+            # names it "total": both, with the same value
+            return h.send(200, {"id": i, "from": fr, "size": len(ls), "total": len(ls), "log": sel})
         return h.send(200, _view(i, b))
