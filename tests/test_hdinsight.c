@@ -882,7 +882,49 @@ static void t20_livy_submit_through_429_and_500_once(void)
         same += !strcmp(jstr(b, "name"), name);
     json_decref(st);
     CU_ASSERT_EQUAL(same, 1);
+    /* and one POST created it */
+    json_t *reqs = azfix_requests(&FX);
+    int created = 0;
+    json_array_foreach(reqs, i, b)
+        created += !strcmp(jstr(b, "method"), "POST") &&
+                   json_integer_value(json_object_get(b, "status")) == 201;
+    json_decref(reqs);
+    CU_ASSERT_EQUAL(created, 1);
     free(name), free(id), free(src);
+}
+
+static void t22_livy_step(void)
+{
+    NEED_LWS();
+    char *src = tl_tmpdir("hdilstep");
+    write_at(src, "step.py", STEP);
+    write_at(src, "helper.py", "VALUE = 43\n");
+    char *in = tl_path(src, "inputs");
+    mkdir(in, 0755);
+    char *ind = tl_path(in, "data");
+    mkdir(ind, 0755);
+    write_at(ind, "words.txt", "sun sea sky rock\n");
+    char err[1024];
+    char *id = sl_step_submit(L, "livy1", src, "step.py", NULL,
+                              A("CTARGET_INPUT_DATA=inputs/data", "CTARGET_OUTPUT_MODEL=outputs/model"),
+                              "script",
+                              "{\"conf\": {\"spark.executor.memory\": \"3g\"}, "
+                              "\"py_files\": [\"helper.py\"]}",
+                              err, sizeof err);
+    if (!id)
+        printf("step submit: %s\n", err);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(L, id, 60), 0);
+    char *log = run_logs(L, id);
+    char *want = fmt("step ctarget-%s memory 3g helper 43 count 3", id);
+    CU_ASSERT(tl_contains(log, want));
+    if (!tl_contains(log, want))
+        printf("log:\n%s\n", log);
+    char *out = rl_run_file(L, id, "outputs/model/count.txt");
+    char *txt = tl_read_file(out);
+    CU_ASSERT_STRING_EQUAL(txt ? txt : "", "3\n");
+    free(txt), free(out), free(want), free(log), free(id);
+    free(ind), free(in), free(src);
 }
 
 static void t17_livy_password_never_stored(void)
@@ -1128,6 +1170,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t15_livy_cancel);
     TL_ADD(s, t16_livy_batch_killed_on_the_cluster);
     TL_ADD(s, t20_livy_submit_through_429_and_500_once);
+    TL_ADD(s, t22_livy_step);
     TL_ADD(s, t17_livy_password_never_stored);
     TL_ADD(s, t18_resource_id_through_arm);
     TL_ADD(s, t19_official_client);

@@ -339,7 +339,14 @@ ctarget_status hdi_livy_submit(void *ctx, ctarget_call *c, ctarget_target *t,
         char *k = NULL;
         if (asprintf(&k, "spark.yarn.appMasterEnv.%.*s", (int)(eq - run->env[i]), run->env[i]) < 0)
             continue;
-        json_t *v = json_string(eq + 1);
+        /* a step's inputs/<name> and outputs/<name> are relative to the snapshot root, which
+         * is not the driver's working directory under YARN: pass them as absolute paths */
+        char *absv = NULL;
+        if ((!strncmp(run->env[i], "CTARGET_INPUT_", 14) ||
+             !strncmp(run->env[i], "CTARGET_OUTPUT_", 15)) && eq[1] && eq[1] != '/')
+            absv = dup_cat(src, "/", eq + 1);
+        json_t *v = json_string(absv ? absv : eq + 1);
+        free(absv);
         if (v)
             json_object_set_new(conf, k, v);
         free(k);
