@@ -236,6 +236,8 @@ ctarget_status hdi_livy_submit(void *ctx, ctarget_call *c, ctarget_target *t,
     long long have;
     if (run->handle && h->obj_get_int(run->handle, "livy_batch_id", &have))
         return CTARGET_OK; /* submitted already (a monitor restarted after the POST) */
+    if (run->handle && h->obj_get_int(run->handle, "livy_canceled", &have) && have)
+        return CTARGET_OK; /* canceled first: poll says Canceled */
     json_t *words = hdi_spark_words(t, run, err);
     if (!words)
         return err->code;
@@ -444,8 +446,14 @@ ctarget_status hdi_livy_poll(void *ctx, ctarget_call *c, ctarget_target *t,
 {
     const ctarget_host *h = ((rv_ctx *)ctx)->h;
     (void)wait_ms;
-    long long id = batch_of(run);
+    long long id = batch_of(run), early = 0;
     if (id < 0) {
+        /* canceled before any batch existed: nothing runs */
+        if (run->handle && h->obj_get_int(run->handle, "livy_canceled", &early) && early) {
+            o->state = CTARGET_RUN_CANCELED;
+            snprintf(o->native_state, sizeof o->native_state, "not_submitted");
+            return CTARGET_OK;
+        }
         o->state = CTARGET_RUN_QUEUED;
         snprintf(o->native_state, sizeof o->native_state, "not_submitted");
         return CTARGET_OK;
@@ -540,9 +548,10 @@ ctarget_status hdi_livy_cancel(void *ctx, ctarget_call *c, ctarget_target *t,
 {
     const ctarget_host *h = ((rv_ctx *)ctx)->h;
     long long id = batch_of(run);
+    if (run->handle)
+        h->obj_set_int(run->handle, "livy_canceled", 1);
     if (id < 0)
         return CTARGET_OK;
-    h->obj_set_int(run->handle, "livy_canceled", 1);
     char path[64];
     snprintf(path, sizeof path, "/batches/%lld", id);
     long st = 0;
