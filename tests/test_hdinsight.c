@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,7 +29,7 @@ static sf_sshd S;
 static int S_ok;
 static char *WS;   /* workspace with target "spark1" on S (key login), attached once */
 static char *ROOT; /* its remote_root */
-static char *USER; /* the login: the fixture's own account (see add()), else root */
+static char *USER; /* the login: the fixture's own account (see add()), else this user */
 static char *PW;   /* its password (NULL: root, by key) */
 static azfix FX;   /* the Azure emulator: its Livy data plane (emu_svc_hdinsight.py) */
 static int FX_ok;
@@ -1132,8 +1133,10 @@ static void add(CU_pSuite s)
     USER = S_ok ? sf_read(&S, "password_user") : NULL;
     PW = USER ? sf_read(&S, "password") : NULL;
     if (!USER || !PW) {
+        /* not root: the fixture logs in this user by key */
+        const struct passwd *me = getpwuid(getuid());
         free(USER), free(PW);
-        USER = strdup("root"), PW = NULL;
+        USER = strdup(me ? me->pw_name : "root"), PW = NULL;
     }
     printf("logging in as %s\n", USER);
     /* the Azure emulator, for its Livy data plane (no Azurite needed) */
