@@ -9,6 +9,7 @@
  * HOME is an empty scratch directory (so ~/.ssh/known_hosts trusts nothing) and the build
  * tree's hdinsight plugin is on CTARGET_PLUGIN_PATH. */
 #define _GNU_SOURCE
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -928,6 +929,53 @@ static void t22_livy_step(void)
     free(ind), free(in), free(src);
 }
 
+/* a Livy batch survives its run monitor being killed: the new monitor reattaches to the same
+ * batch (its id is in the handle) and no second batch is posted */
+static void t23_livy_monitor_killed(void)
+{
+    NEED_LWS();
+    char *src = tl_tmpdir("hdilsrc-m");
+    write_at(src, "app.py", "import os, sys, time\nimport pyspark\nprint('up', flush=True)\n"
+                            "for _ in range(2400):\n"
+                            "    if os.path.exists(sys.argv[1]): break\n"
+                            "    time.sleep(0.05)\n"
+                            "print('went on', flush=True)\n");
+    char *gd = tl_tmpdir("hdigo");
+    char *go = tl_path(gd, "go");
+    CU_ASSERT_EQUAL(azfix_reset(&FX), 0);
+    char *id = livy_submit(L, src, "app.py", A(go));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT(rl_wait_log(L, id, "up\n", 60000));
+    json_t *j = rl_show(L, id);
+    long pid = (long)json_integer_value(json_object_get(json_object_get(j, "monitor"), "pid"));
+    json_decref(j);
+    CU_ASSERT(pid > 1);
+    if (pid > 1) {
+        CU_ASSERT_EQUAL(kill((pid_t)pid, SIGKILL), 0);
+        for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++)
+            rl_sleep_ms(10);
+    }
+    tl_write_file(go, "");
+    CU_ASSERT_EQUAL(wait_run(L, id, 60), 0);
+    j = rl_show(L, id);
+    CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Completed");
+    CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "monitor"), "starts")) >= 2);
+    json_decref(j);
+    char *log = run_logs(L, id);
+    CU_ASSERT(tl_contains(log, "went on"));
+    free(log);
+    json_t *reqs = azfix_requests(&FX);
+    int created = 0;
+    size_t i;
+    json_t *q;
+    json_array_foreach(reqs, i, q)
+        created += !strcmp(jstr(q, "method"), "POST") &&
+                   json_integer_value(json_object_get(q, "status")) == 201;
+    json_decref(reqs);
+    CU_ASSERT_EQUAL(created, 1);
+    free(id), free(go), free(gd), free(src);
+}
+
 static void t17_livy_password_never_stored(void)
 {
     NEED_LWS();
@@ -1174,6 +1222,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t16_livy_batch_killed_on_the_cluster);
     TL_ADD(s, t20_livy_submit_through_429_and_500_once);
     TL_ADD(s, t22_livy_step);
+    TL_ADD(s, t23_livy_monitor_killed);
     TL_ADD(s, t17_livy_password_never_stored);
     TL_ADD(s, t18_resource_id_through_arm);
     TL_ADD(s, t19_official_client);
