@@ -325,7 +325,7 @@ static const ctarget_plugin descriptor = {
     .name = "hdinsight",
     .version = PACKAGE_VERSION,
     .description = "an existing Spark cluster (Azure HDInsight): spark-submit on its head node "
-                   "over SSH",
+                   "over SSH, or Livy batches",
     .license = "MIT",
     .capabilities = CTARGET_CAP_ATTACH | CTARGET_CAP_SCRIPT_RUN | CTARGET_CAP_PIPELINE_STEP |
                     CTARGET_CAP_CANCEL,
