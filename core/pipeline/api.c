@@ -273,20 +273,27 @@ ctarget_status ctarget_pipeline_show(ctarget_ws *ws, const char *id, char **json
     return CTARGET_OK;
 }
 
+/* The full id of pipeline `id` (a unique prefix will do), owned; NULL with err set. */
+static char *full_id(ctarget_ws *ws, const char *id, int recover, ctarget_error *err)
+{
+    json_t *row;
+    pl_config c;
+    if (load_pipeline(ws, id, recover, &row, &c, err))
+        return NULL;
+    char *full = xstrdup(json_string_value(json_object_get(row, "id")));
+    json_decref(row);
+    pl_config_free(&c);
+    return full;
+}
+
 ctarget_status ctarget_pipeline_wait(ctarget_ws *ws, const char *id, long timeout_ms,
                                      char **json, ctarget_error *err)
 {
     *json = NULL;
-    json_t *row;
-    pl_config c;
-    ctarget_status rc = load_pipeline(ws, id, 0, &row, &c, err);
-    if (rc)
-        return rc;
-    char *full = xstrdup(json_string_value(json_object_get(row, "id")));
-    json_decref(row);
-    pl_config_free(&c);
-    char *rj = NULL;
-    rc = ctarget_run_wait(ws, full, timeout_ms, &rj, err);
+    char *full = full_id(ws, id, 0, err), *rj = NULL;
+    if (!full)
+        return err->code;
+    ctarget_status rc = ctarget_run_wait(ws, full, timeout_ms, &rj, err);
     free(rj);
     if (!rc)
         rc = ctarget_pipeline_show(ws, full, json, err);
@@ -298,16 +305,10 @@ ctarget_status ctarget_pipeline_cancel(ctarget_ws *ws, const char *id, char **js
                                        ctarget_error *err)
 {
     *json = NULL;
-    json_t *row;
-    pl_config c;
-    ctarget_status rc = load_pipeline(ws, id, 1, &row, &c, err);
-    if (rc)
-        return rc;
-    char *full = xstrdup(json_string_value(json_object_get(row, "id")));
-    json_decref(row);
-    pl_config_free(&c);
-    char *rj = NULL;
-    rc = ctarget_run_cancel(ws, full, &rj, err);
+    char *full = full_id(ws, id, 1, err), *rj = NULL;
+    if (!full)
+        return err->code;
+    ctarget_status rc = ctarget_run_cancel(ws, full, &rj, err);
     free(rj);
     if (!rc)
         rc = ctarget_pipeline_show(ws, full, json, err);
