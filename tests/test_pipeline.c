@@ -567,6 +567,65 @@ static void t_canceling_a_pipeline_cancels_its_running_steps(void)
     free(ws);
 }
 
+static const char SLOW_OUT_PY[] =
+    "import os, sys, time\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "out = os.environ['CTARGET_OUTPUT_O']\n"
+    "os.makedirs(out, exist_ok=True)\n"
+    "open(os.path.join(out, 'o.txt'), 'w').write('slept\\n')\n";
+
+/* The driver killed while a step runs: the next command that reads the pipeline starts a new
+ * driver, which carries on: no step is submitted twice, the pipeline finishes. */
+static void t_a_killed_driver_is_restarted_and_submits_nothing_twice(void)
+{
+    CU_ASSERT_FATAL(S_ok);
+    char *ws = attach_vm(), *dir = tl_tmpdir("plkill");
+    free(write_in(dir, "s/slow.py", SLOW_OUT_PY));
+    free(write_in(dir, "s/prep.py", PREP_PY));
+    char *file = write_in(dir, "p.yaml",
+                          "steps:\n"
+                          "  - name: slow\n    target: vmbox\n    source_directory: s\n"
+                          "    script: slow.py\n    arguments: [2]\n    outputs: [o]\n"
+                          "  - name: after\n    target: vmbox\n    source_directory: s\n"
+                          "    script: prep.py\n    arguments: [2]\n    inputs: {x: slow.o}\n"
+                          "    outputs: [features]\n");
+    char *id = submit(ws, file);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(id);
+    /* until the slow step runs, then kill the driver */
+    long long until = tl_now_ms() + 60000;
+    json_t *p = NULL;
+    while (tl_now_ms() < until) {
+        json_decref(p);
+        tl_result r = TL_CT(ws, "pipeline", "show", id, "-o", "json");
+        p = tl_json(&r);
+        tl_result_free(&r);
+        if (!strcmp(sget(p, "slow", "status"), "Running"))
+            break;
+        rl_sleep_ms(50);
+    }
+    CU_ASSERT_STRING_EQUAL_FATAL(sget(p, "slow", "status"), "Running");
+    long pid = (long)json_integer_value(json_object_get(json_object_get(p, "monitor"), "pid"));
+    json_decref(p);
+    CU_ASSERT_FATAL(pid > 1);
+    CU_ASSERT_EQUAL(kill((pid_t)pid, SIGKILL), 0);
+    for (int i = 0; i < 200 && kill((pid_t)pid, 0) == 0; i++)
+        rl_sleep_ms(10);
+    int code;
+    p = wait_pl(ws, id, &code);
+    CU_ASSERT_EQUAL(code, 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Finished");
+    CU_ASSERT(json_integer_value(json_object_get(json_object_get(p, "monitor"), "starts")) >= 2);
+    CU_ASSERT_EQUAL(children(ws, id), 2);
+    tl_result r = TL_CT(ws, "run", "logs", id);
+    CU_ASSERT(tl_contains(r.out, "driver restarted"));
+    tl_result_free(&r);
+    json_decref(p);
+    free(id);
+    free(file);
+    free(dir);
+    free(ws);
+}
+
 static void add(CU_pSuite s)
 {
     TL_ADD(s, t_bad_files_are_refused_with_the_reason);
@@ -576,6 +635,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t_a_failing_step_fails_the_pipeline_and_cancels_the_rest);
     TL_ADD(s, t_continue_on_step_failure_runs_the_independent_steps);
     TL_ADD(s, t_canceling_a_pipeline_cancels_its_running_steps);
+    TL_ADD(s, t_a_killed_driver_is_restarted_and_submits_nothing_twice);
 }
 
 static void setup(CU_pSuite s)
