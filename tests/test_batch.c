@@ -532,6 +532,17 @@ static void t13_cancel(void)
     ej = emu_job(id);
     task = json_object_get(json_object_get(ej, "tasks"), "main");
     CU_ASSERT_STRING_EQUAL(jstr(task, "state"), "completed");
+    /* delete_job_after_finish false: the job is kept, terminated by cleanup (no quota held);
+     * cleanup may still be under way when `run wait` returns: polled, bounded */
+    int done = 0;
+    for (int i = 0; i < 100 && !done; i++) {
+        json_t *x = emu_job(id);
+        done = !strcmp(jstr(x, "state"), "completed");
+        json_decref(x);
+        if (!done)
+            usleep(50 * 1000);
+    }
+    CU_ASSERT(done);
     CU_ASSERT(json_is_false(json_object_get(task, "running")));
     json_decref(ej);
     int gone = 0;
