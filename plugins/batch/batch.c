@@ -15,8 +15,8 @@
  * logs     stdout.txt by offset (ocp-range), stderr joined into it by the command line;
  *          metrics from wd/outputs/.ctarget_metrics.jsonl.
  * outputs  GET .../files?recursive=true&$filter=startswith(name,'wd/outputs') and each file.
- * cancel   POST .../terminate.  cleanup: DELETE the job (delete_job_after_finish) and a pool
- *          the step created (delete_pool_after_finish).
+ * cancel   POST .../terminate.  cleanup: DELETE the job (delete_job_after_finish; else POST
+ *          /jobs/{j}/terminate) and a pool the step created (delete_pool_after_finish).
  * The handle holds account_url, job_id, task_id, pool_id and what cleanup must do. */
 #include "config.h"
 
@@ -1910,15 +1910,23 @@ static ctarget_status bt_cleanup(void *p, ctarget_call *c, ctarget_target *t,
         return rc;
     bt_resp r;
     char what[200];
+    char *e = az_url_escape(job, 0);
     if (hint(run, "delete_job", 1)) {
-        char *e = az_url_escape(job, 0);
         char *path = xfmt("/jobs/%s", e);
-        free(e);
         snprintf(what, sizeof what, "deleting job '%s'", job);
         rc = bt_call(&b, "DELETE", path, NULL, NULL, NULL, BT_OK_404, what, &r, err);
         bt_resp_clear(&r);
         free(path);
+    } else {
+        /* kept for inspection, but terminated: an active job counts against the account's
+         * job quota (409: it is completed already) */
+        char *path = xfmt("/jobs/%s/terminate", e);
+        snprintf(what, sizeof what, "terminating job '%s'", job);
+        rc = bt_call(&b, "POST", path, NULL, NULL, NULL, BT_OK_404 | BT_OK_409, what, &r, err);
+        bt_resp_clear(&r);
+        free(path);
     }
+    free(e);
     const char *pool = hget(run, "pool_id");
     if (!rc && pool && hint(run, "created_pool", 0) && hint(run, "delete_pool", 0)) {
         char *path;

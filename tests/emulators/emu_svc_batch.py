@@ -7,7 +7,8 @@ Data plane (its own HTTPS port, DIR/batch_port), api-version 2025-06-01, AAD bea
 https://batch.core.windows.net only (else 401 AuthenticationFailed in Batch's OData error form):
   pools    GET /pools, POST /pools, GET|DELETE /pools/{id}  (allocationState resizing -> steady
            after batch_pool_alloc_ms; state deleting -> gone)
-  jobs     GET /jobs, POST /jobs, GET|DELETE /jobs/{id}     (DELETE kills its tasks)
+  jobs     GET /jobs, POST /jobs, GET|DELETE /jobs/{id}, POST /jobs/{id}/terminate
+           (DELETE and terminate end its tasks; a terminated job is completed)
   tasks    POST /jobs/{j}/tasks, POST /jobs/{j}/addtaskcollection, GET /jobs/{j}/tasks,
            GET /jobs/{j}/tasks/{t}, POST /jobs/{j}/tasks/{t}/terminate
   files    GET /jobs/{j}/tasks/{t}/files[?recursive=true&$filter=startswith(name,'P')],
@@ -676,6 +677,15 @@ def route(h, path, body):
             j = get_job(segs[1])
             if len(segs) == 2 and m == "GET":
                 return h.send(200, dict(job_view(j), **{"odata.metadata": odata("jobs/@Element")}))
+            if len(segs) == 3 and segs[2] == "terminate" and m == "POST":
+                if j["state"] == "completed":
+                    raise BatchError(409, "JobCompleted", "The specified job is already in a completed state.")
+                for t in j["tasks"].values():
+                    t.kill()
+                    if t.proc is None:
+                        t.complete(failure=terminated())
+                j["state"] = "completed"
+                return h.send(202, None, {"request-id": str(uuid.uuid4())})
             if len(segs) == 2 and m == "DELETE":
                 for t in j["tasks"].values():
                     t.kill(0)
