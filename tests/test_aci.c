@@ -31,6 +31,8 @@
 static azfix FX;
 static int FX_ok;
 static char *SECRET_FILE, *KEY_FILE, *CA_ENV;
+static const char *SECRET_USE, *KEY_USE; /* the secret file compute_add gives (NULL: SECRET_FILE) */
+static char *BAD_SECRET_FILE, *BAD_KEY_FILE;
 static char *WS;          /* shared workspace with target "aci-main" */
 static const char *TGT = "aci-main";
 static int tgt_ok;
@@ -84,11 +86,11 @@ static tl_result compute_add(const char *ws, const char *verb, const char *name,
     SET("aad_endpoint=%s", FX.aad);
     SET("tenant_id=%s", FX.tenant_id);
     SET("client_id=%s", FX.client_id);
-    SET("client_secret=file:%s", SECRET_FILE);
+    SET("client_secret=file:%s", SECRET_USE ? SECRET_USE : SECRET_FILE);
     SET("subscription_id=%s", FX.subscription_id);
     SET("resource_group=%s", FX.resource_group);
     SET("storage_endpoint=%s", FX.blob);
-    SET("storage_account_key=file:%s", KEY_FILE);
+    SET("storage_account_key=file:%s", KEY_USE ? KEY_USE : KEY_FILE);
     if (with_region)
         SET("region=eastus");
 #undef SET
@@ -284,6 +286,13 @@ static void t02_create_and_bad_inputs(void)
     tl_result_free(&r);
     r = compute_add(bws, "create", "aci-rg", A("--set", "resource_group=no-such-rg"), 1);
     one_line_error(&r, "no-such-rg");
+    tl_result_free(&r);
+    /* a wrong client secret: refused by AAD at create, nothing recorded */
+    SECRET_USE = BAD_SECRET_FILE;
+    r = compute_add(bws, "create", "aci-auth", NULL, 1);
+    SECRET_USE = NULL;
+    one_line_error(&r, FX.client_id);
+    CU_ASSERT(!tl_contains(r.err, "not-the-secret"));
     tl_result_free(&r);
     /* attach is never possible: the message says why and what to use */
     r = compute_add(bws, "attach", "aci-att", NULL, 1);
@@ -703,6 +712,35 @@ static void t11_secrets_and_delete(void)
     free(src);
 }
 
+/* ---- 12. a wrong storage key: the run fails in prepare with one line; nothing created ---- */
+
+static void t12_wrong_storage_key(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *ws = tl_tmpdir("aciws12");
+    KEY_USE = BAD_KEY_FILE;
+    tl_result r = compute_add(ws, "create", "aci-badkey", NULL, 1);
+    KEY_USE = NULL;
+    TL_ASSERT_EXIT(r, 0); /* create checks ARM only: the key is used by runs */
+    tl_result_free(&r);
+    char *src = source_dir("acisrc12", "ok.py", "print('never')\n");
+    const char *argv[] = {"run", "submit", "--target", "aci-badkey", "--source", src,
+                          "--script", "ok.py", "--wait", "-o", "json", NULL};
+    r = ct(ws, argv);
+    CU_ASSERT(r.status != 0);
+    json_t *j = out_json(&r);
+    const char *reason = jstr(j, "reason");
+    CU_ASSERT(tl_contains(reason, "devstoreaccount1"));
+    CU_ASSERT(strchr(reason, '\n') == NULL);
+    printf("\n  wrong storage key: %s\n", reason);
+    json_decref(j);
+    tl_result_free(&r);
+    CU_ASSERT_EQUAL(groups_left(), 0);
+    grep_dir_for(ws, "bm90LXRoZS1rZXk");
+    free(src);
+    free(ws);
+}
+
 /* ---- setup ---------------------------------------------------------------------------------- */
 
 static void add(CU_pSuite s)
@@ -722,6 +760,10 @@ static void add(CU_pSuite s)
         SECRET_FILE = tl_path(dir, "sp-secret");
         KEY_FILE = tl_path(dir, "storage-key");
         tl_write_file(SECRET_FILE, FX.client_secret);
+        BAD_SECRET_FILE = tl_path(dir, "sp-wrong");
+        tl_write_file(BAD_SECRET_FILE, "not-the-secret");
+        BAD_KEY_FILE = tl_path(dir, "key-wrong");
+        tl_write_file(BAD_KEY_FILE, "bm90LXRoZS1rZXk=");
         tl_write_file(KEY_FILE, AZURITE_KEY);
         chmod(SECRET_FILE, 0600);
         chmod(KEY_FILE, 0600);
@@ -738,6 +780,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t09_sdk);
     TL_ADD(s, t10_examples);
     TL_ADD(s, t11_secrets_and_delete);
+    TL_ADD(s, t12_wrong_storage_key);
 }
 
 int main(int argc, char **argv)

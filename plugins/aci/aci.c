@@ -598,7 +598,7 @@ static ctarget_status aci_prepare(void *p, ctarget_call *c, ctarget_target *t,
     ctarget_status rc = az_open(c, t, &az, err);
     if (rc)
         return rc;
-    store s;
+    store s = {0};
     az_blob *b = NULL;
     char *prefix = run_prefix(run), *name = xfmt("%s/snapshot.tar", prefix), *tmp = NULL;
     if ((rc = store_get(t, &s, err)))
@@ -634,6 +634,11 @@ static ctarget_status aci_prepare(void *p, ctarget_call *c, ctarget_target *t,
     if (!rc)
         H->obj_set_str(run->handle, "snapshot_blob", name);
 out:
+    if (rc == CTARGET_E_AUTH && s.account)
+        H->error_set(err, CTARGET_E_AUTH, 0, 0,
+                     "storage account '%s' refused the account key of aci target '%s': check "
+                     "storage_account_key (the account's key1 or key2)", s.account,
+                     H->target_name(t));
     az_blob_close(b);
     store_clear(&s);
     free(tmp);
