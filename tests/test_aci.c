@@ -440,6 +440,13 @@ static void t04_refused(void)
     free(text);
     r = ct(ws, A("run", "submit", "--config", mn, "--wait", "-o", "json"));
     CU_ASSERT(r.status != 0);
+    if (r.out && *r.out == '{') {
+        json_t *j = out_json(&r);
+        CU_ASSERT(tl_contains(jstr(j, "reason"), "aci runs have one container"));
+        json_decref(j);
+    } else {
+        one_line_error(&r, "node");
+    }
     tl_result_free(&r);
     free(mn);
     free(src);
