@@ -602,12 +602,15 @@ static void t08_faults(void)
     free(big);
     CU_ASSERT_EQUAL(groups_left(), 0);
 
-    /* 409 on the PUT twice, 429 with Retry-After on GETs: retried, the run completes */
+    /* 409 on the PUT twice, 429 with Retry-After on GETs, 500 on log reads: retried, the
+     * run completes */
     azfix_reset(&FX);
     CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"method\":\"PUT\",\"path\":\"/containerGroups/\","
                                      "\"status\":409,\"code\":\"Conflict\",\"count\":2}"), 0);
     CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"method\":\"GET\",\"path\":\"/containerGroups/\","
                                      "\"status\":429,\"retry_after\":1,\"count\":3}"), 0);
+    CU_ASSERT_EQUAL(azfix_fault(&FX, "{\"method\":\"GET\",\"path\":\"/logs$\","
+                                     "\"status\":500,\"count\":2}"), 0);
     r = submit(ws, src, "ok.py", A("--wait"), NULL);
     TL_ASSERT_EXIT(r, 0);
     id = id_of(&r);
@@ -617,14 +620,16 @@ static void t08_faults(void)
     CU_ASSERT(tl_contains(log, "fine"));
     free(log);
     json_t *reqs = azfix_requests(&FX);
-    int c409 = 0, c429 = 0;
+    int c409 = 0, c429 = 0, c500 = 0;
     size_t i;
     json_t *q;
     json_array_foreach(reqs, i, q) {
         long st = (long)json_integer_value(json_object_get(q, "status"));
         c409 += st == 409;
         c429 += st == 429;
+        c500 += st == 500;
     }
+    CU_ASSERT_EQUAL(c500, 2);
     CU_ASSERT_EQUAL(c409, 2);
     CU_ASSERT_EQUAL(c429, 3);
     json_decref(reqs);
