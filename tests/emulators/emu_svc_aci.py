@@ -262,10 +262,19 @@ def arm(h, path, body):
             g["prov"] = "Deleting"
             v = view(g)
         kill(g, 1.0)
+        threading.Thread(target=forget, args=(g,), daemon=True).start()
         return h.send(200, v)
     if h.command == "PUT":
         return put(h, emu, gid, name, rg, body, g)
     raise HttpError(405, "MethodNotAllowed", "%s is not supported" % h.command)
+
+
+def forget(g):
+    """A deleted group's files go once its process is gone (bounded wait)."""
+    deadline = time.time() + 10
+    while time.time() < deadline and g["proc"] is not None and g["proc"].poll() is None:
+        time.sleep(0.05)
+    shutil.rmtree(g["workdir"], ignore_errors=True)
 
 
 def not_found(name, rg):
