@@ -578,8 +578,9 @@ static ctarget_status refuse_verb(plugin *pl, ctarget_verb verb, ctarget_error *
     }
     if (verb == CTARGET_VERB_ATTACH && !(caps & CTARGET_CAP_ATTACH)) {
         if (caps & CTARGET_CAP_CREATE)
-            ct_err(err, CTARGET_E_UNSUPPORTED, "%s targets cannot be attached: create one with "
-                   "`ctarget compute create NAME --type %s ...`", pl->name, pl->name);
+            ct_err(err, CTARGET_E_UNSUPPORTED, "%s targets cannot be attached: ctarget creates "
+                   "what they run on itself (there is nothing existing to attach); create one "
+                   "with `ctarget compute create NAME --type %s ...`", pl->name, pl->name);
         else if (caps & CTARGET_CAP_IMPLICIT)
             ct_err(err, CTARGET_E_UNSUPPORTED, "the %s target is built in and always present: "
                    "use it as --target %s", pl->name, pl->name);
