@@ -20,6 +20,7 @@ image_pull_failure, on the image):
   {"action": "evict"}     a running pod is evicted (phase Failed, reason Evicted)
   {"action": "oom"}       a running container is killed: terminated reason OOMKilled, 137
   {"action": "drop_log_stream"}  the next pod log answer is cut mid-body (the connection drops)
+  {"action": "drop_after_create"}  a Job is created, then the connection drops unanswered
 and the emulator's own status/drop faults (429 + Retry-After, 500) on any path.
 """
 import base64
@@ -447,7 +448,10 @@ def job_create(h, ns, j):
                 continue
             threading.Thread(target=pod_run, args=((ns, pname),), daemon=True).start()
         job_update((ns, name))
-        return h.send(201, job)
+    if S.emu.take_fault("POST", name, ("drop_after_create",), target=NAME):
+        h.rec["fault"] = "drop_after_create"
+        return h.drop()  # created, but the client never hears so: its retry meets a 409
+    return h.send(201, job)
 
 
 def job_delete(h, ns, name, opts):
