@@ -440,7 +440,7 @@ static ctarget_status aks_submit(void *p, ctarget_call *c, ctarget_target *t,
     return rc;
 }
 
-static const char *waiting_reason(json_t *cs, const char **msg)
+static const char *waiting_reason(json_t *cs, const char **msg, const char **image)
 {
     size_t i;
     json_t *v;
@@ -452,6 +452,7 @@ static const char *waiting_reason(json_t *cs, const char **msg)
                   !strcmp(r, "InvalidImageName") || !strcmp(r, "CreateContainerConfigError") ||
                   !strcmp(r, "CreateContainerError"))) {
             *msg = json_string_value(json_object_get(w, "message"));
+            *image = json_string_value(json_object_get(v, "image"));
             return r;
         }
     }
@@ -547,15 +548,20 @@ static ctarget_status aks_poll(void *p, ctarget_call *c, ctarget_target *t,
             "batch.kubernetes.io/job-completion-index"));
         if (!phase0 || (idx && !strcmp(idx, "0")))
             phase0 = ph;
-        const char *msg = NULL, *why = waiting_reason(json_object_get(st, "containerStatuses"),
-                                                      &msg);
+        const char *msg = NULL, *img = NULL;
+        const char *why = waiting_reason(json_object_get(st, "containerStatuses"), &msg, &img);
         if (!why)
-            why = waiting_reason(json_object_get(st, "initContainerStatuses"), &msg);
+            why = waiting_reason(json_object_get(st, "initContainerStatuses"), &msg, &img);
         if (why && !failed) {
             failed = 1;
             out->state = CTARGET_RUN_FAILED;
-            snprintf(out->reason, sizeof out->reason, "pod %s: %s: %s", pname ? pname : "?", why,
-                     msg ? msg : "the image could not be pulled");
+            if (strstr(why, "Image"))
+                snprintf(out->reason, sizeof out->reason, "pod %s: image %s could not be pulled "
+                         "(%s): %s: set image to one the cluster can pull", pname ? pname : "?",
+                         img ? img : "?", why, msg ? msg : "no detail");
+            else
+                snprintf(out->reason, sizeof out->reason, "pod %s: %s: %s", pname ? pname : "?",
+                         why, msg ? msg : "the container could not be created");
             continue;
         }
         if (ph && !strcmp(ph, "Failed") && !failed) {
@@ -632,9 +638,12 @@ static ctarget_status aks_poll(void *p, ctarget_call *c, ctarget_target *t,
     }
     out->state = any_running ? CTARGET_RUN_RUNNING : any_init ? CTARGET_RUN_PREPARING
                                                               : CTARGET_RUN_QUEUED;
-    if (any_running && !hint(run, "running_ms", 0))
-        H->obj_set_int(run->handle, "running_ms", H->now_ms());
 done:
+    /* first seen Running (or past it): submit-to-Running, bounded by the poll interval */
+    if ((out->state == CTARGET_RUN_RUNNING || out->state == CTARGET_RUN_COMPLETED ||
+         (out->state == CTARGET_RUN_FAILED && out->has_exit_code)) && !canceled &&
+        !hint(run, "running_ms", 0))
+        H->obj_set_int(run->handle, "running_ms", H->now_ms());
     aks_resp_free(&jr);
     aks_resp_free(&pr);
     return rc;
