@@ -733,10 +733,11 @@ static void rebuild_derived(const ctarget_run_info *run, const char *raw, size_t
         }
 }
 
-/* Brings pod 0's log into work_dir.  Sets *ended when its end marker is in. */
-static ctarget_status sync_log(ctarget_call *c, ctarget_target *t, const ctarget_run_info *run,
-                               ctarget_error *err)
+/* One fetch of pod 0's log into work_dir; *partial when the answer was cut short. */
+static ctarget_status sync_once(ctarget_call *c, ctarget_target *t, const ctarget_run_info *run,
+                                int *partial, ctarget_error *err)
 {
+    *partial = 0;
     const char *job = hget(run, "job"), *ns = hget(run, "namespace");
     if (!job || !ns)
         return CTARGET_OK;
@@ -801,6 +802,7 @@ static ctarget_status sync_log(ctarget_call *c, ctarget_target *t, const ctarget
     free(path);
     if (rc || lr.status != 200) /* 400: waiting to start; 404: gone */
         goto out;
+    *partial = lr.partial;
     size_t s = 0, kept = 0;
     long skipped = 0;
     int appended = 0;
@@ -846,6 +848,18 @@ out:
     aks_resp_free(&lr);
     free(rawp);
     free(statep);
+    return rc;
+}
+
+/* Pod 0's log brought in; a stream dropped mid-answer is resumed at once (bounded), from
+ * the last line kept, so nothing is lost at the end of a run and nothing is repeated. */
+static ctarget_status sync_log(ctarget_call *c, ctarget_target *t, const ctarget_run_info *run,
+                               ctarget_error *err)
+{
+    ctarget_status rc = CTARGET_OK;
+    int partial = 1;
+    for (int i = 0; i < 8 && partial && !rc; i++)
+        rc = sync_once(c, t, run, &partial, err);
     return rc;
 }
 
