@@ -817,6 +817,84 @@ static void t16_official_client(void)
     free(script);
 }
 
+/* ---- 8. an AKS cluster attached by resource id through the Azure ML compute API ---------- */
+
+static void t18_aks_resource_id(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    char *dir = tl_tmpdir("akssp");
+    char *sec = tl_path(dir, "sp-secret");
+    tl_write_file(sec, FX.client_secret);
+    char *ca = fmt("CTARGET_CA_BUNDLE=%s", FX.ca_bundle);
+    char *rid = fmt("resource_id=/subscriptions/%s/resourceGroups/%s/providers/"
+                    "Microsoft.ContainerService/managedClusters/aks-emu", FX.subscription_id,
+                    FX.resource_group);
+    char *missing = fmt("resource_id=/subscriptions/%s/resourceGroups/%s/providers/"
+                        "Microsoft.ContainerService/managedClusters/aks-none",
+                        FX.subscription_id, FX.resource_group);
+    char *s1 = fmt("arm_endpoint=%s", FX.arm), *s2 = fmt("aad_endpoint=%s", FX.aad);
+    char *s3 = fmt("tenant_id=%s", FX.tenant_id), *s4 = fmt("client_id=%s", FX.client_id);
+    char *s5 = fmt("client_secret=file:%s", sec), *s6 = fmt("workspace_config=%s", FX.config_json);
+    const char *env[] = {ca, "AZURE_CLIENT_SECRET=", NULL};
+#define ATT(name, r) tl_ctarget_run(WS, NULL, env, A("compute", "attach", name, "--type", "aks", \
+        "--set", r, "--set", s1, "--set", s2, "--set", s3, "--set", s4, "--set", s5, "--set", s6))
+    tl_result r = ATT("aks-one", rid);
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "Kubernetes"));
+    tl_result_free(&r);
+    /* the workspace has it as a Kubernetes compute */
+    json_t *st = azfix_state(&FX);
+    char *d = json_dumps(st, JSON_COMPACT);
+    CU_ASSERT(d && tl_contains(d, "aks-one") && tl_contains(d, "Kubernetes"));
+    free(d);
+    json_decref(st);
+    /* the same cluster again under another name: refused */
+    r = ATT("aks-two", rid);
+    CU_ASSERT_NOT_EQUAL(r.status, 0);
+    CU_ASSERT_EQUAL(lines_of(r.err), 1);
+    tl_result_free(&r);
+    /* an unknown cluster: one line, 4 */
+    r = ATT("aks-none", missing);
+    expect_error(&r, 4, "aks-none");
+    tl_result_free(&r);
+    /* a run on it: its kubeconfig comes from listClusterUserCredentials */
+    char *src = gate_src(), *gd = tl_tmpdir("aksgate"), *gate = tl_path(gd, "open");
+    tl_write_file(gate, "1");
+    r = tl_ctarget_run(WS, NULL, env, A("run", "submit", "--target", "aks-one", "--source", src,
+                                        "--script", "gate.py", "--wait", "-o", "json", "--",
+                                        gate, "2"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    CU_ASSERT(azfix_count(&FX, "POST", "/managedClusters/aks-emu/listClusterUserCredentials$") >= 2);
+    CU_ASSERT(nothing_left(5000));
+    CU_ASSERT_EQUAL(grep_hits(WS, TOKEN, "secrets.db"), 0);
+    CU_ASSERT_EQUAL(grep_hits(WS, FX.client_secret, NULL), 0);
+    /* detach: the compute leaves the workspace, the cluster stays */
+    r = tl_ctarget_run(WS, NULL, env, A("compute", "detach", "aks-one"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    st = azfix_state(&FX);
+    d = json_dumps(json_object_get(st, "computes"), JSON_COMPACT);
+    CU_ASSERT(d && !tl_contains(d, "aks-one"));
+    free(d);
+    json_decref(st);
+#undef ATT
+    free(src);
+    free(gd);
+    free(gate);
+    free(s1);
+    free(s2);
+    free(s3);
+    free(s4);
+    free(s5);
+    free(s6);
+    free(rid);
+    free(missing);
+    free(ca);
+    free(sec);
+    free(dir);
+}
+
 /* every request body the emulator took was valid against the API server's OpenAPI */
 static void t17_bodies_valid(void)
 {
@@ -876,6 +954,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t14_snapshot_too_large);
     TL_ADD(s, t15_secrets_nowhere);
     TL_ADD(s, t16_official_client);
+    TL_ADD(s, t18_aks_resource_id);
     TL_ADD(s, t17_bodies_valid);
 }
 

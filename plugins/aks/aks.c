@@ -18,6 +18,7 @@
 
 #include "aks.h"
 #include "aks_boot_py.h"
+#include "azure.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -36,11 +37,20 @@
 static const ctarget_host *H;
 
 #define K(...) {.struct_size = sizeof(ctarget_config_key), __VA_ARGS__}
+#define AKS_GROUP_SOURCE 7u
 static const ctarget_config_key keys[] = {
     K(.name = "kubeconfig", .type = CTARGET_KEY_STRING,
-      .flags = CTARGET_KEY_REQUIRED_ATTACH | CTARGET_KEY_SECRET,
+      .flags = CTARGET_KEY_REQUIRED_ATTACH | CTARGET_KEY_SECRET | CTARGET_KEY_EXCLUSIVE,
+      .group = AKS_GROUP_SOURCE,
       .help = "the kubeconfig (a secret: give file:PATH to reference kubectl's file, or its "
               "text to keep it in the secret store)"),
+    K(.name = "resource_id", .type = CTARGET_KEY_STRING,
+      .flags = CTARGET_KEY_REQUIRED_ATTACH | CTARGET_KEY_ATTACH_ONLY | CTARGET_KEY_IMMUTABLE |
+               CTARGET_KEY_EXCLUSIVE,
+      .group = AKS_GROUP_SOURCE, .identity = 1,
+      .help = "ARM id of an AKS cluster (Microsoft.ContainerService/managedClusters/NAME): "
+              "attached to the Azure ML workspace, its user kubeconfig fetched at each use"),
+    AZ_CONFIG_KEYS,
     K(.name = "context", .type = CTARGET_KEY_STRING,
       .help = "kubeconfig context to use (default: its current-context)"),
     K(.name = "namespace", .type = CTARGET_KEY_STRING,
@@ -87,8 +97,63 @@ static void kube_release(void *p)
     aks_kube_free(p);
 }
 
+#define CS_API "2025-10-01"
+#define ML_API "2025-12-01"
+
+static const char *rid_of(ctarget_target *t)
+{
+    const char *r = H->config_get0(t, "resource_id");
+    return r && *r ? r : NULL;
+}
+
+/* An AKS cluster's user kubeconfig: ARM listClusterUserCredentials (never stored). */
+static ctarget_status aks_user_kubeconfig(ctarget_call *c, ctarget_target *t, char **text,
+                                          ctarget_error *err)
+{
+    const char *rid = rid_of(t);
+    az_rid r;
+    if (az_rid_parse(rid, &r) || !r.type ||
+        strcasecmp(r.type, "Microsoft.ContainerService/managedClusters")) {
+        az_rid_clear(&r);
+        H->error_set(err, CTARGET_E_CONFIG, 0, 0, "resource_id '%s' is not an AKS cluster id: give "
+                     "/subscriptions/S/resourceGroups/G/providers/Microsoft.ContainerService/"
+                     "managedClusters/NAME", rid);
+        return CTARGET_E_CONFIG;
+    }
+    az_rid_clear(&r);
+    az_ctx *az;
+    ctarget_status rc = az_ctx_new(H, c, t, 0, &az, err);
+    if (rc)
+        return rc;
+    char *path = aks_fmt("%s/listClusterUserCredentials", rid);
+    char *what = aks_fmt("AKS cluster %s", rid);
+    az_arm_req req = {.method = "POST", .path = path, .api_version = CS_API, .what = what};
+    az_arm_resp resp = {0};
+    rc = az_arm_call(az, &req, AZ_RETRY_SAFE, &resp, err);
+    *text = NULL;
+    if (!rc) {
+        const char *v = json_string_value(json_object_get(
+            json_array_get(json_object_get(resp.body, "kubeconfigs"), 0), "value"));
+        unsigned char *b = NULL;
+        size_t n = 0;
+        if (!v || aks_b64dec(v, &b, &n) || !n) {
+            free(b);
+            H->error_set(err, CTARGET_E_REMOTE, 0, 0, "AKS cluster %s returned no user "
+                         "kubeconfig (listClusterUserCredentials)", rid);
+            rc = CTARGET_E_REMOTE;
+        } else
+            *text = (char *)b;
+    }
+    az_arm_resp_clear(&resp);
+    az_ctx_free(az);
+    free(path);
+    free(what);
+    return rc;
+}
+
 /* The target's kubeconfig, parsed once per process. */
-static ctarget_status kube_get(ctarget_target *t, aks_kube **out, ctarget_error *err)
+static ctarget_status kube_get(ctarget_call *c, ctarget_target *t, aks_kube **out,
+                               ctarget_error *err)
 {
     aks_kube *k = H->target_data_get0(t);
     if (k) {
@@ -96,7 +161,18 @@ static ctarget_status kube_get(ctarget_target *t, aks_kube **out, ctarget_error 
         return CTARGET_OK;
     }
     char *text = NULL;
-    ctarget_status rc = H->secret_get1(t, "kubeconfig", &text, err);
+    ctarget_status rc;
+    if (rid_of(t)) {
+        if ((rc = aks_user_kubeconfig(c, t, &text, err)))
+            return rc;
+        rc = aks_kube_load(H, text, H->config_get0(t, "context"), &k, err);
+        memset(text, 0, strlen(text));
+        free(text);
+        if (rc)
+            return rc;
+        goto loaded;
+    }
+    rc = H->secret_get1(t, "kubeconfig", &text, err);
     if (rc)
         return rc;
     if (!text || !*text) {
@@ -109,6 +185,7 @@ static ctarget_status kube_get(ctarget_target *t, aks_kube **out, ctarget_error 
     H->secret_free(text);
     if (rc)
         return rc;
+loaded:;
     const char *ns = H->config_get0(t, "namespace");
     if (ns && *ns) {
         free(k->ns);
@@ -171,14 +248,38 @@ static ctarget_status aks_attach(void *p, ctarget_call *c, ctarget_target *t, ct
 {
     (void)p;
     aks_kube *k;
-    ctarget_status rc = kube_get(t, &k, err);
+    ctarget_status rc = kube_get(c, t, &k, err);
     if (rc || (rc = check_namespace(c, k, err)))
         return rc;
     H->obj_set_str(facts, "server", k->server);
     H->obj_set_str(facts, "context", k->context);
     H->obj_set_str(facts, "namespace", k->ns);
     H->obj_set_str(facts, "auth", k->token ? "token" : "client-certificate");
-    return CTARGET_OK;
+    if (!rid_of(t))
+        return CTARGET_OK;
+    /* an AKS cluster: attached to the Azure ML workspace as a Kubernetes compute */
+    az_ctx *az;
+    if ((rc = az_ctx_new(H, c, t, 0, &az, err)))
+        return rc;
+    char *path = az_ws_resource_id(az, "computes", H->target_name(t));
+    char *what = aks_fmt("compute '%s'", H->target_name(t));
+    json_t *body = json_pack("{s:{s:s, s:s, s:s, s:{s:s}}}", "properties", "computeType",
+                             "Kubernetes", "resourceId", rid_of(t), "description",
+                             "attached by ctarget", "properties", "namespace", k->ns);
+    az_arm_req req = {.method = "PUT", .path = path, .api_version = ML_API, .body = body,
+                      .what = what};
+    json_t *res = NULL;
+    rc = az_arm_do(az, &req, AZ_WAIT, &res, err);
+    if (!rc) {
+        H->obj_set_str(facts, "compute_type", "Kubernetes");
+        rc = az_ws_save(az, facts, err);
+    }
+    json_decref(res);
+    json_decref(body);
+    free(path);
+    free(what);
+    az_ctx_free(az);
+    return rc;
 }
 
 static ctarget_status aks_status(void *p, ctarget_call *c, ctarget_target *t,
@@ -187,7 +288,7 @@ static ctarget_status aks_status(void *p, ctarget_call *c, ctarget_target *t,
 {
     (void)p;
     aks_kube *k;
-    ctarget_status rc = kube_get(t, &k, err);
+    ctarget_status rc = kube_get(c, t, &k, err);
     if (rc || (rc = check_namespace(c, k, err)))
         return rc;
     st->provisioning_state = CTARGET_PROV_SUCCEEDED;
@@ -197,13 +298,24 @@ static ctarget_status aks_status(void *p, ctarget_call *c, ctarget_target *t,
     return CTARGET_OK;
 }
 
+/* kubeconfig targets keep nothing but their settings, which the core forgets; an AKS
+ * cluster is detached from the Azure ML workspace (never deleted) */
 static ctarget_status aks_detach(void *p, ctarget_call *c, ctarget_target *t, ctarget_error *err)
 {
     (void)p;
-    (void)c;
-    (void)t;
-    (void)err;
-    return CTARGET_OK; /* nothing kept but the settings, which the core forgets */
+    if (!rid_of(t))
+        return CTARGET_OK;
+    az_ctx *az;
+    ctarget_status rc = az_ctx_new(H, c, t, 0, &az, err);
+    if (rc)
+        return rc;
+    char *path = az_ws_resource_id(az, "computes", H->target_name(t));
+    az_arm_req req = {.method = "DELETE", .path = path, .api_version = ML_API,
+                      .query = "underlyingResourceAction=Detach"};
+    rc = az_arm_do(az, &req, AZ_WAIT | AZ_OK_404, NULL, err);
+    free(path);
+    az_ctx_free(az);
+    return rc;
 }
 
 static const ctarget_compute_ops compute_ops = {
@@ -387,7 +499,7 @@ static ctarget_status aks_prepare(void *p, ctarget_call *c, ctarget_target *t,
     (void)p;
     (void)run;
     aks_kube *k;
-    ctarget_status rc = kube_get(t, &k, err);
+    ctarget_status rc = kube_get(c, t, &k, err);
     if (rc)
         return rc;
     return check_namespace(c, k, err);
@@ -398,7 +510,7 @@ static ctarget_status aks_submit(void *p, ctarget_call *c, ctarget_target *t,
 {
     (void)p;
     aks_kube *k;
-    ctarget_status rc = kube_get(t, &k, err);
+    ctarget_status rc = kube_get(c, t, &k, err);
     if (rc)
         return rc;
     char *name = job_name(run), *body = NULL;
@@ -497,7 +609,7 @@ static ctarget_status aks_poll(void *p, ctarget_call *c, ctarget_target *t,
     if (wait_ms > 0)
         H->sleep_ms(c, wait_ms > 500 ? 500 : wait_ms);
     aks_kube *k;
-    ctarget_status rc = kube_get(t, &k, err);
+    ctarget_status rc = kube_get(c, t, &k, err);
     if (rc)
         return rc;
     char *path = aks_fmt("/apis/batch/v1/namespaces/%s/jobs/%s", ns, job);
@@ -773,7 +885,7 @@ static ctarget_status sync_once(ctarget_call *c, ctarget_target *t, const ctarge
     free(st);
     aks_kube *k;
     aks_resp pr = {0}, lr = {0};
-    ctarget_status rc = kube_get(t, &k, err);
+    ctarget_status rc = kube_get(c, t, &k, err);
     if (rc || (rc = list_pods(c, k, ns, job, &pr, err)))
         goto out;
     const char *pod = NULL;
@@ -893,7 +1005,7 @@ static ctarget_status delete_job(ctarget_call *c, ctarget_target *t, const ctarg
     if (!job || !ns)
         return CTARGET_OK;
     aks_kube *k;
-    ctarget_status rc = kube_get(t, &k, err);
+    ctarget_status rc = kube_get(c, t, &k, err);
     if (rc)
         return rc;
     char *path = aks_fmt("/apis/batch/v1/namespaces/%s/jobs/%s", ns, job);
@@ -1032,7 +1144,7 @@ static ctarget_status aks_reattach(void *p, ctarget_call *c, ctarget_target *t,
                      run->id);
         return CTARGET_E_STATE;
     }
-    return kube_get(t, &k, err);
+    return kube_get(c, t, &k, err);
 }
 
 static const ctarget_run_ops run_ops = {

@@ -38,7 +38,9 @@ import time
 import swagger_validate
 
 NAME = "aks"
-NAMESPACES = ()
+NAMESPACES = ("microsoft.containerservice",)
+CS_API = "2025-10-01"
+CLUSTERS = ("aks-emu",)  # the managed clusters that exist (their API server is this emulator)
 MAX_PODS = 16
 MAX_LOG = 8 << 20
 S = None  # the state
@@ -545,6 +547,13 @@ def kubeconfig(emu, port):
         f.write("\n".join(lines) + "\n")
     os.chmod(path + ".tmp", 0o600)
     os.rename(path + ".tmp", path)
+    user = ["apiVersion: v1", "kind: Config", "current-context: aks-emu", "clusters:", "- name: aks-emu",
+            "  cluster:", "    server: https://127.0.0.1:%d" % port, "    certificate-authority-data: %s" % b64(ca),
+            "users:", "- name: clusterUser_aks-emu", "  user:", "    token: %s" % S.token, "contexts:",
+            "- name: aks-emu", "  context:", "    cluster: aks-emu", "    user: clusterUser_aks-emu"]
+    with open(os.path.join(emu.dir, "aks_user_kubeconfig.yaml"), "w") as f:
+        f.write("\n".join(user) + "\n")
+    os.chmod(os.path.join(emu.dir, "aks_user_kubeconfig.yaml"), 0o600)
 
 
 def init(emu):
@@ -564,7 +573,36 @@ def init(emu):
 
 
 def arm(h, path, body):
-    raise K8sError(404, "NotFound", "no ARM resources here")
+    """Microsoft.ContainerService/managedClusters/{name}: GET, and POST listClusterUserCredentials
+    (ManagedClustersListClusterUserCredentials.json): a base64 kubeconfig for this emulator."""
+    from azure_emulator import HttpError
+    m = re.match(r"(?i)^/subscriptions/[^/]+/resourceGroups/([^/]+)/providers/Microsoft\.ContainerService/"
+                 r"managedClusters/([^/]+)(/listClusterUserCredentials)?$", path)
+    if not m:
+        raise HttpError(404, "InvalidResourceType", "The resource type could not be found in the namespace "
+                        "'Microsoft.ContainerService' for api version '%s'." % h.q.get("api-version"))
+    if h.q.get("api-version") != CS_API:
+        raise HttpError(400, "InvalidApiVersionParameter", "The api-version '%s' is invalid. The supported "
+                        "versions are '%s'." % (h.q.get("api-version"), CS_API))
+    rg, name, creds = m.group(1), m.group(2), m.group(3)
+    if name not in CLUSTERS:
+        raise HttpError(404, "ResourceNotFound", "The Resource 'Microsoft.ContainerService/managedClusters/%s' "
+                        "under resource group '%s' was not found." % (name, rg))
+    if creds:
+        if h.command != "POST":
+            raise HttpError(405, "MethodNotAllowed", "listClusterUserCredentials takes POST")
+        text = open(os.path.join(S.emu.dir, "aks_user_kubeconfig.yaml"), "rb").read()
+        return h.send(200, {"kubeconfigs": [{"name": "clusterUser",
+                                             "value": base64.b64encode(text).decode()}]})
+    if h.command != "GET":
+        raise HttpError(405, "MethodNotAllowed", "%s on a managed cluster" % h.command)
+    return h.send(200, {"id": path, "name": name, "type": "Microsoft.ContainerService/ManagedClusters",
+                        "location": S.emu.seed.get("location", "eastus"),
+                        "properties": {"provisioningState": "Succeeded", "powerState": {"code": "Running"},
+                                       "kubernetesVersion": "1.33.0", "dnsPrefix": name,
+                                       "fqdn": "127.0.0.1", "agentPoolProfiles": [
+                                           {"name": "nodepool1", "count": 3, "vmSize": "Standard_DS2_v2",
+                                            "mode": "System", "osType": "Linux"}]}})
 
 
 def state(emu):
