@@ -895,6 +895,121 @@ static void t18_aks_resource_id(void)
     free(dir);
 }
 
+/* ---- 9. AKS create through the Azure ML compute API: the agent_count x vCPUs rule -------- */
+
+static tl_result az_compute(const char *verb, const char *name, const char *const extra[])
+{
+    static char *sec;
+    if (!sec) {
+        char *dir = tl_tmpdir("akssp2");
+        sec = tl_path(dir, "sp-secret");
+        tl_write_file(sec, FX.client_secret);
+        free(dir);
+    }
+    char *ca = fmt("CTARGET_CA_BUNDLE=%s", FX.ca_bundle);
+    char *own[6] = {fmt("arm_endpoint=%s", FX.arm), fmt("aad_endpoint=%s", FX.aad),
+                    fmt("tenant_id=%s", FX.tenant_id), fmt("client_id=%s", FX.client_id),
+                    fmt("client_secret=file:%s", sec), fmt("workspace_config=%s", FX.config_json)};
+    const char *argv[40];
+    size_t n = 0;
+    argv[n++] = "compute";
+    argv[n++] = verb;
+    argv[n++] = name;
+    argv[n++] = "--type";
+    argv[n++] = "aks";
+    for (size_t i = 0; i < 6; i++) {
+        argv[n++] = "--set";
+        argv[n++] = own[i];
+    }
+    for (size_t i = 0; extra && extra[i] && n < 38; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    const char *env[] = {ca, "AZURE_CLIENT_SECRET=", NULL};
+    tl_result r = tl_ctarget_run(WS, NULL, env, argv);
+    for (size_t i = 0; i < 6; i++)
+        free(own[i]);
+    free(ca);
+    return r;
+}
+
+static json_t *emu_compute(const char *name)
+{
+    json_t *st = azfix_state(&FX), *c, *found = NULL;
+    json_t *cs = json_object_get(st, "computes");
+    const char *k;
+    size_t i;
+    if (json_is_object(cs)) {
+        json_object_foreach(cs, k, c)
+        if (!strcasecmp(jstr(c, "name"), name) || !strcasecmp(k, name))
+            found = json_incref(c);
+    } else {
+        json_array_foreach(cs, i, c)
+        if (!strcasecmp(jstr(c, "name"), name))
+            found = json_incref(c);
+    }
+    json_decref(st);
+    return found;
+}
+
+static void t19_create_rule(void)
+{
+    CU_ASSERT_FATAL(FX_ok);
+    tl_result r = az_compute("create", "aks-small",
+                             A("--set", "agent_count=2", "--set", "vm_size=Standard_D2_v2"));
+    expect_error(&r, 3, "needs agent_count x vCPUs >= 12, and 2 x 2 (Standard_D2_v2) = 4: "
+                        "raise agent_count to 6");
+    tl_result_free(&r);
+    r = az_compute("create", "aks-odd", A("--set", "vm_size=Standard_Q7"));
+    expect_error(&r, 3, "vm_size 'Standard_Q7' is not a size ctarget knows the vCPUs of: use "
+                        "one of Standard_B2s");
+    tl_result_free(&r);
+    r = az_compute("create", "aks-kc", A("--set", KC_SET));
+    CU_ASSERT_EQUAL(r.status, 3);
+    CU_ASSERT_EQUAL(lines_of(r.err), 1);
+    tl_result_free(&r);
+    CU_ASSERT(emu_compute("aks-small") == NULL);
+    /* dev-test may be smaller; production at 3 x 4 = 12 is enough */
+    r = az_compute("create", "aks-dev", A("--set", "agent_count=1", "--set",
+                                          "vm_size=standard_d2_v2", "--set",
+                                          "cluster_purpose=dev-test", "--wait"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    r = az_compute("create", "aks-prod", A("--wait"));
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    json_t *c = emu_compute("aks-dev");
+    char *d = json_dumps(c, JSON_COMPACT);
+    CU_ASSERT(d && tl_contains(d, "\"AKS\"") && tl_contains(d, "DevTest"));
+    free(d);
+    json_decref(c);
+    c = emu_compute("aks-prod");
+    d = json_dumps(c, JSON_COMPACT);
+    CU_ASSERT(d && tl_contains(d, "FastProd") && tl_contains(d, "Standard_D3_v2"));
+    free(d);
+    json_decref(c);
+    char *ca = fmt("CTARGET_CA_BUNDLE=%s", FX.ca_bundle);
+    const char *e2[] = {ca, NULL};
+    r = tl_ctarget_run(WS, NULL, e2, A("compute", "status", "aks-prod"));
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "Succeeded"));
+    tl_result_free(&r);
+    r = tl_ctarget_run(WS, NULL, e2, A("compute", "delete", "aks-dev", "--yes"));
+    if (r.status != 0) {
+        tl_result_free(&r);
+        r = tl_ctarget_run(WS, NULL, e2, A("compute", "delete", "aks-dev"));
+    }
+    TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    long long end = tl_now_ms() + 10000;
+    while ((c = emu_compute("aks-dev")) && tl_now_ms() < end) {
+        json_decref(c);
+        rl_sleep_ms(100);
+    }
+    CU_ASSERT(c == NULL);
+    json_decref(c);
+    free(ca);
+}
+
 /* every request body the emulator took was valid against the API server's OpenAPI */
 static void t17_bodies_valid(void)
 {
@@ -955,6 +1070,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t15_secrets_nowhere);
     TL_ADD(s, t16_official_client);
     TL_ADD(s, t18_aks_resource_id);
+    TL_ADD(s, t19_create_rule);
     TL_ADD(s, t17_bodies_valid);
 }
 

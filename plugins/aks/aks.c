@@ -40,7 +40,8 @@ static const ctarget_host *H;
 #define AKS_GROUP_SOURCE 7u
 static const ctarget_config_key keys[] = {
     K(.name = "kubeconfig", .type = CTARGET_KEY_STRING,
-      .flags = CTARGET_KEY_REQUIRED_ATTACH | CTARGET_KEY_SECRET | CTARGET_KEY_EXCLUSIVE,
+      .flags = CTARGET_KEY_REQUIRED_ATTACH | CTARGET_KEY_SECRET | CTARGET_KEY_EXCLUSIVE |
+               CTARGET_KEY_ATTACH_ONLY,
       .group = AKS_GROUP_SOURCE,
       .help = "the kubeconfig (a secret: give file:PATH to reference kubectl's file, or its "
               "text to keep it in the secret store)"),
@@ -50,6 +51,18 @@ static const ctarget_config_key keys[] = {
       .group = AKS_GROUP_SOURCE, .identity = 1,
       .help = "ARM id of an AKS cluster (Microsoft.ContainerService/managedClusters/NAME): "
               "attached to the Azure ML workspace, its user kubeconfig fetched at each use"),
+    K(.name = "agent_count", .type = CTARGET_KEY_INT, .default_value = "3", .min = 1,
+      .max = 1000, .flags = CTARGET_KEY_CREATE_ONLY | CTARGET_KEY_IMMUTABLE,
+      .help = "create: nodes of the new AKS cluster (agent_count x vCPUs >= 12 for production)"),
+    K(.name = "vm_size", .type = CTARGET_KEY_STRING, .default_value = "Standard_D3_v2",
+      .flags = CTARGET_KEY_CREATE_ONLY | CTARGET_KEY_IMMUTABLE,
+      .help = "create: VM size of its nodes (Standard_D3_v2: 4 vCPUs)"),
+    K(.name = "cluster_purpose", .type = CTARGET_KEY_ENUM, .default_value = "production",
+      .choices = "production|dev-test", .flags = CTARGET_KEY_CREATE_ONLY | CTARGET_KEY_IMMUTABLE,
+      .help = "create: production (FastProd: at least 12 vCPUs) or dev-test (any size)"),
+    K(.name = "location", .type = CTARGET_KEY_STRING,
+      .flags = CTARGET_KEY_CREATE_ONLY | CTARGET_KEY_IMMUTABLE,
+      .help = "create: Azure region of the cluster (default: the workspace's)"),
     AZ_CONFIG_KEYS,
     K(.name = "context", .type = CTARGET_KEY_STRING,
       .help = "kubeconfig context to use (default: its current-context)"),
@@ -100,10 +113,69 @@ static void kube_release(void *p)
 #define CS_API "2025-10-01"
 #define ML_API "2025-12-01"
 
+static char *created_marker(ctarget_target *t)
+{
+    return aks_fmt("%s/aks-created", H->target_state_dir0(t));
+}
+
+/* ctarget created this cluster (through the Azure ML compute API) */
+static int was_created(ctarget_target *t)
+{
+    char *m = created_marker(t);
+    int yes = access(m, F_OK) == 0;
+    free(m);
+    return yes;
+}
+
+static char *created_rid; /* the managed cluster behind a created compute (per process) */
+
 static const char *rid_of(ctarget_target *t)
 {
     const char *r = H->config_get0(t, "resource_id");
-    return r && *r ? r : NULL;
+    if (r && *r)
+        return r;
+    return was_created(t) ? created_rid : NULL;
+}
+
+/* GET the workspace's compute named like the target: its body (owned) or an error */
+static ctarget_status compute_get(ctarget_call *c, ctarget_target *t, json_t **out,
+                                  ctarget_error *err)
+{
+    az_ctx *az;
+    ctarget_status rc = az_ctx_new(H, c, t, 0, &az, err);
+    if (rc)
+        return rc;
+    char *path = az_ws_resource_id(az, "computes", H->target_name(t));
+    char *what = aks_fmt("compute '%s'", H->target_name(t));
+    az_arm_req req = {.method = "GET", .path = path, .api_version = "2025-12-01", .what = what};
+    rc = az_arm_do(az, &req, 0, out, err);
+    free(path);
+    free(what);
+    az_ctx_free(az);
+    return rc;
+}
+
+/* For a created compute: the managed cluster's id, once provisioning gave it one. */
+static ctarget_status created_cluster(ctarget_call *c, ctarget_target *t, ctarget_error *err)
+{
+    if (created_rid)
+        return CTARGET_OK;
+    json_t *body = NULL;
+    ctarget_status rc = compute_get(c, t, &body, err);
+    if (rc)
+        return rc;
+    const char *r = json_string_value(json_object_get(json_object_get(body, "properties"),
+                                                      "resourceId"));
+    if (r && *r)
+        created_rid = strdup(r);
+    else {
+        H->error_set(err, CTARGET_E_STATE, 0, 0, "AKS compute '%s' has no cluster yet (no "
+                     "resourceId): wait until `ctarget compute status %s` says Succeeded",
+                     H->target_name(t), H->target_name(t));
+        rc = CTARGET_E_STATE;
+    }
+    json_decref(body);
+    return rc;
 }
 
 /* An AKS cluster's user kubeconfig: ARM listClusterUserCredentials (never stored). */
@@ -162,6 +234,8 @@ static ctarget_status kube_get(ctarget_call *c, ctarget_target *t, aks_kube **ou
     }
     char *text = NULL;
     ctarget_status rc;
+    if (was_created(t) && (rc = created_cluster(c, t, err)))
+        return rc;
     if (rid_of(t)) {
         if ((rc = aks_user_kubeconfig(c, t, &text, err)))
             return rc;
@@ -212,12 +286,64 @@ static ctarget_status check_namespace(ctarget_call *c, aks_kube *k, ctarget_erro
 
 /* ---- compute ops -------------------------------------------------------------------------- */
 
+/* vCPUs of the VM sizes an AKS cluster can be created with (Azure's published sizes) */
+static const struct {
+    const char *name;
+    int vcpus;
+} VM_SIZES[] = {
+    {"Standard_B2s", 2},    {"Standard_B4ms", 4},   {"Standard_D2_v2", 2},
+    {"Standard_D3_v2", 4},  {"Standard_D4_v2", 8},  {"Standard_D5_v2", 16},
+    {"Standard_DS2_v2", 2}, {"Standard_DS3_v2", 4}, {"Standard_DS4_v2", 8},
+    {"Standard_DS5_v2", 16}, {"Standard_D2s_v3", 2}, {"Standard_D4s_v3", 4},
+    {"Standard_D8s_v3", 8}, {"Standard_D16s_v3", 16}, {"Standard_D32s_v3", 32},
+    {"Standard_F4s_v2", 4}, {"Standard_F8s_v2", 8}, {"Standard_NC6", 6},
+    {"Standard_NC12", 12},  {"Standard_NC24", 24},  {"Standard_NC6s_v3", 6},
+    {"Standard_NC12s_v3", 12}, {"Standard_NC24s_v3", 24},
+};
+
+static int vm_vcpus(const char *size)
+{
+    for (size_t i = 0; i < sizeof VM_SIZES / sizeof VM_SIZES[0]; i++)
+        if (!strcasecmp(VM_SIZES[i].name, size))
+            return VM_SIZES[i].vcpus;
+    return 0;
+}
+
+static ctarget_status create_rule(ctarget_target *t, ctarget_error *err)
+{
+    const char *vm = H->config_get0(t, "vm_size");
+    long long n = atoll(H->config_get0(t, "agent_count") ? H->config_get0(t, "agent_count") : "3");
+    int v = vm_vcpus(vm ? vm : "");
+    if (!v) {
+        char known[1024] = "";
+        for (size_t i = 0; i < sizeof VM_SIZES / sizeof VM_SIZES[0]; i++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "",
+                     VM_SIZES[i].name);
+        H->error_set(err, CTARGET_E_CONFIG, 0, 0, "vm_size '%s' is not a size ctarget knows the "
+                     "vCPUs of: use one of %s", vm ? vm : "", known);
+        return CTARGET_E_CONFIG;
+    }
+    const char *purpose = H->config_get0(t, "cluster_purpose");
+    if ((!purpose || !strcasecmp(purpose, "production")) && n * v < 12) {
+        H->error_set(err, CTARGET_E_CONFIG, 0, 0, "a production AKS cluster needs agent_count x "
+                     "vCPUs >= 12, and %lld x %d (%s) = %lld: raise agent_count to %lld, pick a "
+                     "larger vm_size, or set cluster_purpose=dev-test", n, v, vm, n * v,
+                     (long long)((12 + v - 1) / v));
+        return CTARGET_E_CONFIG;
+    }
+    return CTARGET_OK;
+}
+
 static ctarget_status aks_validate(void *p, ctarget_call *c, ctarget_target *t, ctarget_verb verb,
                                    ctarget_error *err)
 {
     (void)p;
     (void)c;
-    (void)verb;
+    if (verb == CTARGET_VERB_CREATE) {
+        ctarget_status rc = create_rule(t, err);
+        if (rc)
+            return rc;
+    }
     const char *ns = H->config_get0(t, "namespace");
     if (ns && *ns && !ns_ok(ns)) {
         H->error_set(err, CTARGET_E_CONFIG, 0, 0, "namespace '%s' is not a Kubernetes namespace "
@@ -282,11 +408,119 @@ static ctarget_status aks_attach(void *p, ctarget_call *c, ctarget_target *t, ct
     return rc;
 }
 
+static ctarget_status aks_create(void *p, ctarget_call *c, ctarget_target *t, ctarget_obj *facts,
+                                 ctarget_error *err)
+{
+    (void)p;
+    ctarget_status rc = create_rule(t, err);
+    if (rc)
+        return rc;
+    az_ctx *az;
+    if ((rc = az_ctx_new(H, c, t, 0, &az, err)))
+        return rc;
+    const char *purpose = H->config_get0(t, "cluster_purpose");
+    const char *loc = H->config_get0(t, "location");
+    json_t *inner = json_pack("{s:I, s:s, s:s}", "agentCount",
+                              (json_int_t)atoll(H->config_get0(t, "agent_count")), "agentVmSize",
+                              H->config_get0(t, "vm_size"), "clusterPurpose",
+                              purpose && !strcasecmp(purpose, "dev-test") ? "DevTest"
+                                                                          : "FastProd");
+    json_t *props = json_pack("{s:s, s:s, s:o}", "computeType", "AKS", "description",
+                              "created by ctarget", "properties", inner);
+    if (loc && *loc)
+        json_object_set_new(props, "computeLocation", json_string(loc));
+    json_t *body = json_pack("{s:o}", "properties", props);
+    if (loc && *loc)
+        json_object_set_new(body, "location", json_string(loc));
+    char *path = az_ws_resource_id(az, "computes", H->target_name(t));
+    char *what = aks_fmt("compute '%s'", H->target_name(t));
+    az_arm_req req = {.method = "PUT", .path = path, .api_version = ML_API, .body = body,
+                      .what = what};
+    az_arm_resp resp = {0};
+    rc = az_arm_call(az, &req, 0, &resp, err);
+    if (!rc) {
+        char *m = created_marker(t);
+        FILE *f = fopen(m, "w");
+        if (f)
+            fclose(f);
+        free(m);
+        H->obj_set_str(facts, "compute_type", "AKS");
+        H->obj_set_str(facts, "cluster_purpose", purpose ? purpose : "production");
+        rc = az_ws_save(az, facts, err);
+    }
+    az_arm_resp_clear(&resp);
+    json_decref(body);
+    free(path);
+    free(what);
+    az_ctx_free(az);
+    return rc; /* CREATING: status() follows the provisioning */
+}
+
+static ctarget_status aks_delete(void *p, ctarget_call *c, ctarget_target *t, ctarget_error *err)
+{
+    (void)p;
+    az_ctx *az;
+    ctarget_status rc = az_ctx_new(H, c, t, 0, &az, err);
+    if (rc)
+        return rc;
+    char *path = az_ws_resource_id(az, "computes", H->target_name(t));
+    az_arm_req req = {.method = "DELETE", .path = path, .api_version = ML_API,
+                      .query = "underlyingResourceAction=Delete"};
+    rc = az_arm_do(az, &req, AZ_WAIT | AZ_OK_404, NULL, err);
+    free(path);
+    az_ctx_free(az);
+    return rc;
+}
+
+static ctarget_prov_state prov_of(const char *s)
+{
+    if (!s)
+        return CTARGET_PROV_UNKNOWN;
+    if (!strcasecmp(s, "Succeeded"))
+        return CTARGET_PROV_SUCCEEDED;
+    if (!strcasecmp(s, "Creating"))
+        return CTARGET_PROV_CREATING;
+    if (!strcasecmp(s, "Failed"))
+        return CTARGET_PROV_FAILED;
+    if (!strcasecmp(s, "Updating"))
+        return CTARGET_PROV_UPDATING;
+    if (!strcasecmp(s, "Deleting"))
+        return CTARGET_PROV_DELETING;
+    if (!strcasecmp(s, "Canceled"))
+        return CTARGET_PROV_CANCELED;
+    return CTARGET_PROV_UNKNOWN;
+}
+
 static ctarget_status aks_status(void *p, ctarget_call *c, ctarget_target *t,
                                  ctarget_compute_state *st, ctarget_obj *details,
                                  ctarget_error *err)
 {
     (void)p;
+    if (was_created(t)) {
+        json_t *body = NULL;
+        ctarget_status rc = compute_get(c, t, &body, err);
+        if (rc)
+            return rc;
+        json_t *pr = json_object_get(body, "properties");
+        const char *ps = json_string_value(json_object_get(pr, "provisioningState"));
+        st->provisioning_state = prov_of(ps);
+        snprintf(st->state, sizeof st->state, "%s", ps ? ps : "Unknown");
+        json_t *e, *errs = json_object_get(pr, "provisioningErrors");
+        size_t i;
+        json_array_foreach(errs, i, e)
+        {
+            const char *m = json_string_value(json_object_get(json_object_get(e, "error"),
+                                                              "message"));
+            if (m)
+                snprintf(st->errors + strlen(st->errors), sizeof st->errors - strlen(st->errors),
+                         "%s\n", m);
+        }
+        const char *r = json_string_value(json_object_get(pr, "resourceId"));
+        if (r)
+            H->obj_set_str(details, "resource_id", r);
+        json_decref(body);
+        return CTARGET_OK;
+    }
     aks_kube *k;
     ctarget_status rc = kube_get(c, t, &k, err);
     if (rc || (rc = check_namespace(c, k, err)))
@@ -321,6 +555,8 @@ static ctarget_status aks_detach(void *p, ctarget_call *c, ctarget_target *t, ct
 static const ctarget_compute_ops compute_ops = {
     .struct_size = sizeof(ctarget_compute_ops),
     .validate = aks_validate,
+    .create = aks_create,
+    .delete_ = aks_delete,
     .attach = aks_attach,
     .status = aks_status,
     .detach = aks_detach,
@@ -1183,7 +1419,7 @@ static const ctarget_plugin descriptor = {
     .version = PACKAGE_VERSION,
     .description = "Kubernetes cluster (AKS or any, by kubeconfig): runs as batch/v1 Jobs",
     .license = "MIT",
-    .capabilities = CTARGET_CAP_ATTACH | CTARGET_CAP_SCRIPT_RUN | CTARGET_CAP_CANCEL |
+    .capabilities = CTARGET_CAP_CREATE | CTARGET_CAP_ATTACH | CTARGET_CAP_SCRIPT_RUN | CTARGET_CAP_CANCEL |
                     CTARGET_CAP_GPU | CTARGET_CAP_MULTI_NODE,
     .config_keys = keys,
     .n_config_keys = sizeof keys / sizeof keys[0],
