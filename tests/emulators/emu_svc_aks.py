@@ -388,6 +388,18 @@ def route(h, path, obj):
     raise K8sError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
 
+def trimmed(j):
+    """The body for /_emulator/state: inline snapshots and scripts shortened to their sizes."""
+    j = json.loads(json.dumps(j))
+    for c in ((j.get("spec") or {}).get("template") or {}).get("spec", {}).get("initContainers", []) + \
+            ((j.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers", []):
+        for e in c.get("env", []):
+            if len(e.get("value", "")) > 256:
+                e["value"] = "<%d bytes>" % len(e["value"])
+        c["command"] = [a if len(a) <= 256 else "<%d bytes>" % len(a) for a in c.get("command", [])]
+    return j
+
+
 def job_create(h, ns, j):
     if not isinstance(j, dict) or j.get("kind") not in (None, "Job"):
         raise K8sError(400, "BadRequest", "a Job body is required")
@@ -411,7 +423,7 @@ def job_create(h, ns, j):
         if len(S.pods) + completions > MAX_PODS:
             raise K8sError(403, "Forbidden", 'exceeded quota: pods, requested: %d, limited: %d'
                            % (completions, MAX_PODS))
-        S.bodies.append(j)
+        S.bodies.append(trimmed(j))
         md = dict(j["metadata"], namespace=ns, uid=S.new_uid(), resourceVersion=str(S.uid),
                   creationTimestamp=now_iso(), generation=1)
         spec = dict(spec, completions=completions, parallelism=int(spec.get("parallelism", 1)),
