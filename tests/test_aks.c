@@ -463,6 +463,8 @@ static void t05_parallel_and_gpu(void)
     CU_ASSERT(tl_contains(body, "\"restartPolicy\":\"Never\""));
     CU_ASSERT(tl_contains(body, "\"ttlSecondsAfterFinished\":86400"));
     CU_ASSERT(tl_contains(body, "\"initContainers\""));
+    CU_ASSERT(tl_contains(body, "\"automountServiceAccountToken\":false"));
+    CU_ASSERT(!tl_contains(body, TOKEN)); /* no credential travels to the pods */
     free(body);
     json_t *after = kstate();
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(after, "created"),
@@ -853,6 +855,11 @@ static void t18_aks_resource_id(void)
     CU_ASSERT_NOT_EQUAL(r.status, 0);
     CU_ASSERT_EQUAL(lines_of(r.err), 1);
     tl_result_free(&r);
+    /* not an AKS id: one line, 3 */
+    r = ATT("aks-bad", "resource_id=/subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/"
+                       "virtualMachines/vm1");
+    expect_error(&r, 3, "is not an AKS cluster id");
+    tl_result_free(&r);
     /* an unknown cluster: one line, 4 */
     r = ATT("aks-none", missing);
     expect_error(&r, 4, "aks-none");
@@ -962,6 +969,14 @@ static void t19_create_rule(void)
     r = az_compute("create", "aks-odd", A("--set", "vm_size=Standard_Q7"));
     expect_error(&r, 3, "vm_size 'Standard_Q7' is not a size ctarget knows the vCPUs of: use "
                         "one of Standard_B2s");
+    tl_result_free(&r);
+    r = az_compute("create", "aks-pp", A("--set", "cluster_purpose=prod"));
+    CU_ASSERT_EQUAL(r.status, 3);
+    CU_ASSERT_EQUAL(lines_of(r.err), 1);
+    tl_result_free(&r);
+    r = az_compute("create", "aks-n0", A("--set", "agent_count=0"));
+    CU_ASSERT_EQUAL(r.status, 3);
+    CU_ASSERT_EQUAL(lines_of(r.err), 1);
     tl_result_free(&r);
     r = az_compute("create", "aks-kc", A("--set", KC_SET));
     CU_ASSERT_EQUAL(r.status, 3);
