@@ -1034,7 +1034,14 @@ static void t17_bodies_valid(void)
     json_t *q;
     int invalid = 0;
     json_array_foreach(reqs, i, q)
-    invalid += json_object_get(q, "invalid") != NULL;
+    {
+        if (!json_object_get(q, "invalid"))
+            continue;
+        invalid++;
+        char *d = json_dumps(q, JSON_COMPACT);
+        fprintf(stderr, "test_aks: invalid: %s\n", d ? d : "?");
+        free(d);
+    }
     json_decref(reqs);
     CU_ASSERT_EQUAL(invalid, 0);
 }

@@ -11,7 +11,8 @@ by GET .../pods/{name}/log (container, timestamps, sinceTime, tailLines, limitBy
 DELETE of a Job with propagationPolicy Foreground/Background kills and removes its pods.
 
 Request bodies are validated against the Kubernetes OpenAPI v2 subset in specs/aks.json
-(aks_specs.py): 422 Invalid naming the field.  DIR/aks_kubeconfig.yaml holds contexts
+(aks_specs.py): 422 Invalid naming the field; the emulator's own 2xx answers are validated against
+the operation's response schema too (errors in the request log's "invalid").  DIR/aks_kubeconfig.yaml holds contexts
   emu        the good token           emu-bad    a wrong token
   emu-down   a closed port            emu-ca     a CA that did not sign the server
 Faults (POST /_emulator/faults, "target": "aks"; "path" is a regex on the Job name or, for
@@ -331,6 +332,17 @@ def handle(h, path, body):
     try:
         check_auth(h)
         obj = validate(h, path, body)
+        op = S.spec.find_operation(h.command, path)
+        send = h.send
+
+        def checked(status, o=None, headers=None, raw=None, ctype="application/json; charset=utf-8"):
+            # our own answers held to the API server's response schemas too
+            if raw is None and isinstance(o, dict) and o.get("kind") != "Status" and status < 300:
+                errs = S.spec.validate_response(op, status, o)
+                if errs:
+                    h.rec["invalid"] = ["response: " + e for e in errs[:5]]
+            return send(status, o, headers, raw, ctype)
+        h.send = checked
         return route(h, path, obj)
     except K8sError as e:
         h.send(e.code, status_obj(e.code, e.reason, e.message, e.details))
@@ -491,8 +503,8 @@ def job_delete(h, ns, name, opts):
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
-    j = dict(j, metadata=dict(j["metadata"], deletionTimestamp=now_iso()))
-    return h.send(200, j)
+    return h.send(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                        "details": {"name": name, "group": "batch", "kind": "jobs", "uid": j["metadata"]["uid"]}})
 
 
 def pod_log(h, p):
