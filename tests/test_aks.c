@@ -732,6 +732,43 @@ static void t14_snapshot_too_large(void)
     free(src);
 }
 
+/* a snapshot of several environment chunks (96 KiB each) arrives whole */
+static void t14b_snapshot_chunks(void)
+{
+    CU_ASSERT_FATAL(attached);
+    char *src = tl_tmpdir("akschunks");
+    char *big = tl_path(src, "data.bin"), *py = tl_path(src, "check.py");
+    FILE *f = fopen(big, "wb");
+    CU_ASSERT_FATAL(f != NULL);
+    unsigned x = 777;
+    for (int i = 0; i < 300 * 1024; i++) {
+        x = x * 1103515245u + 12345u;
+        fputc((int)(x >> 16 & 0xff), f);
+    }
+    fclose(f);
+    tl_write_file(py, "import hashlib\nprint('sha', hashlib.sha256(open('data.bin', 'rb')"
+                      ".read()).hexdigest())\n");
+    tl_result h = tl_exec(A("sha256sum", big), NULL, NULL);
+    TL_ASSERT_EXIT(h, 0);
+    char want[80];
+    snprintf(want, sizeof want, "sha %.64s\n", h.out ? h.out : "");
+    tl_result_free(&h);
+    char *id = submit(WS, "k8s", src, "check.py", NULL, NULL);
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(WS, id), 0);
+    char *log = run_logs(WS, id);
+    CU_ASSERT_STRING_EQUAL(log, want);
+    free(log);
+    char *body = last_job_body();
+    CU_ASSERT(tl_contains(body, "CTARGET_SNAPSHOT_3")); /* 300 KiB: 5 chunks of base64 */
+    free(body);
+    CU_ASSERT(nothing_left(5000));
+    free(id);
+    free(py);
+    free(big);
+    free(src);
+}
+
 /* ---- 7. secrets, the official client ------------------------------------------------------ */
 
 static const char *G_NEEDLE, *G_EXCEPT;
@@ -1089,6 +1126,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t12_script_fails);
     TL_ADD(s, t13_429_500_409);
     TL_ADD(s, t14_snapshot_too_large);
+    TL_ADD(s, t14b_snapshot_chunks);
     TL_ADD(s, t15_secrets_nowhere);
     TL_ADD(s, t16_official_client);
     TL_ADD(s, t18_aks_resource_id);
