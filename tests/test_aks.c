@@ -472,7 +472,12 @@ static void t05_parallel_and_gpu(void)
     json_decref(after);
     char *log = run_logs(WS, id);
     CU_ASSERT(tl_contains(log, "rank 0 of 2"));
+    CU_ASSERT(!tl_contains(log, "rank 1 of 2"));
     free(log);
+    char *n1 = fmt("%s/runs/%s/logs/node-1.log", WS, id), *l1 = tl_read_file(n1);
+    CU_ASSERT(l1 && !strcmp(l1, "rank 1 of 2\n")); /* node 1's output, markers left out */
+    free(l1);
+    free(n1);
     CU_ASSERT(nothing_left(5000));
     free(id);
     free(cfg);

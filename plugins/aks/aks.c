@@ -1313,13 +1313,63 @@ static int make_parents(const char *dest, const char *rel)
     return 0;
 }
 
+/* Multi-node runs: the output of the pods other than index 0 into dest_dir/logs/node-N.log
+ * (the run's log is node 0's), marker lines left out. */
+static ctarget_status other_nodes(ctarget_call *c, ctarget_target *t, const ctarget_run_info *run,
+                                  const char *dest_dir, ctarget_error *err)
+{
+    const char *job = hget(run, "job"), *ns = hget(run, "namespace");
+    if (!job || !ns || run->node_count < 2)
+        return CTARGET_OK;
+    aks_kube *k;
+    aks_resp pr;
+    ctarget_status rc = kube_get(c, t, &k, err);
+    if (rc || (rc = list_pods(c, k, ns, job, &pr, err)))
+        return rc;
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(pr.json, "items"), i, v)
+    {
+        json_t *md = json_object_get(v, "metadata");
+        const char *idx = json_string_value(json_object_get(
+            json_object_get(md, "annotations"), "batch.kubernetes.io/job-completion-index"));
+        const char *pod = json_string_value(json_object_get(md, "name"));
+        if (!idx || !pod || !strcmp(idx, "0") || strspn(idx, "0123456789") != strlen(idx))
+            continue;
+        char *path = aks_fmt("/api/v1/namespaces/%s/pods/%s/log?container=main", ns, pod);
+        aks_resp lr;
+        ctarget_status r2 = aks_req(H, c, k, "GET", path, NULL, &lr, AKS_ANY_STATUS, err);
+        free(path);
+        if (r2 || lr.status != 200) {
+            aks_resp_free(&lr);
+            continue; /* best effort: node 0's log is the run's */
+        }
+        char *rel = aks_fmt("logs/node-%s.log", idx), *out = aks_fmt("%s/%s", dest_dir, rel);
+        if (make_parents(dest_dir, rel) == 0) {
+            unlink(out);
+            size_t st = 0, ml = strlen(MARK);
+            for (size_t j = 0; j < lr.len; j++)
+                if (lr.body[j] == '\n') {
+                    if (j + 1 - st < ml || memcmp(lr.body + st, MARK, ml))
+                        append_file(out, lr.body + st, j + 1 - st);
+                    st = j + 1;
+                }
+        }
+        free(rel);
+        free(out);
+        aks_resp_free(&lr);
+    }
+    aks_resp_free(&pr);
+    return CTARGET_OK;
+}
+
 static ctarget_status aks_fetch_outputs(void *p, ctarget_call *c, ctarget_target *t,
                                         const ctarget_run_info *run, const char *dest_dir,
                                         ctarget_error *err)
 {
     (void)p;
     ctarget_status rc = sync_log(c, t, run, err);
-    if (rc)
+    if (rc || (rc = other_nodes(c, t, run, dest_dir, err)))
         return rc;
     char *f = wpath(run, "files.jsonl");
     size_t n;
