@@ -28,6 +28,7 @@ static char *KC_SET;       /* kubeconfig=file:... */
 static char *TOKEN;        /* the good token (a secret: grep for it) */
 static char *WS;
 static int attached;
+static int grep_hits(const char *dir, const char *needle, const char *except);
 
 static char *fmt(const char *f, ...)
 {
@@ -251,6 +252,13 @@ static void t01_attach(void)
     r = ct(WS, A("compute", "attach", "k8s-gpu", "--type", "aks", "--set", KC_SET, "--set",
                  "gpus_per_node=2", "--set", "memory=512Mi", "--set", "cpu=500m"));
     TL_ASSERT_EXIT(r, 0);
+    tl_result_free(&r);
+    /* client-certificate auth, and a run with it */
+    r = ct(WS, A("compute", "attach", "k8s-cert", "--type", "aks", "--set", KC_SET, "--set",
+                 "context=emu-cert"));
+    TL_ASSERT_EXIT(r, 0);
+    CU_ASSERT(tl_contains(r.out, "client-certificate"));
+    CU_ASSERT(!tl_contains(r.out, "PRIVATE KEY") && !tl_contains(r.err, "PRIVATE KEY"));
     tl_result_free(&r);
     /* detach */
     r = ct(WS, A("compute", "attach", "k8s-tmp", "--type", "aks", "--set", KC_SET));
@@ -644,6 +652,33 @@ static void t11_oom(void)
 {
     CU_ASSERT_FATAL(attached);
     run_fails("{\"target\":\"aks\",\"action\":\"oom\"}", "OOMKilled", "Failed");
+}
+
+static void t12b_cert_run(void)
+{
+    CU_ASSERT_FATAL(attached);
+    char *src = gate_src(), *gd = tl_tmpdir("aksgate"), *gate = tl_path(gd, "open");
+    tl_write_file(gate, "1");
+    char *id = submit(WS, "k8s-cert", src, "gate.py", NULL, A(gate, "2"));
+    CU_ASSERT_FATAL(id != NULL);
+    CU_ASSERT_EQUAL(wait_run(WS, id), 0);
+    char *log = run_logs(WS, id), *want = expected_lines(2);
+    CU_ASSERT_STRING_EQUAL(log, want);
+    free(log);
+    free(want);
+    CU_ASSERT(nothing_left(5000));
+    /* the client key is nowhere in the workspace */
+    char *kc = tl_read_file(KUBECONFIG);
+    const char *k = kc ? strstr(kc, "client-key-data: ") : NULL;
+    CU_ASSERT_FATAL(k != NULL);
+    char *key = strndup(k + 17, strcspn(k + 17, "\n"));
+    CU_ASSERT_EQUAL(grep_hits(WS, key, "secrets.db"), 0);
+    free(key);
+    free(kc);
+    free(id);
+    free(src);
+    free(gate);
+    free(gd);
 }
 
 static void t12_script_fails(void)
@@ -1129,6 +1164,7 @@ static void add(CU_pSuite s)
     TL_ADD(s, t10_evicted);
     TL_ADD(s, t11_oom);
     TL_ADD(s, t12_script_fails);
+    TL_ADD(s, t12b_cert_run);
     TL_ADD(s, t13_429_500_409);
     TL_ADD(s, t14_snapshot_too_large);
     TL_ADD(s, t14b_snapshot_chunks);

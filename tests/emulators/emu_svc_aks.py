@@ -15,6 +15,7 @@ Request bodies are validated against the Kubernetes OpenAPI v2 subset in specs/a
 the operation's response schema too (errors in the request log's "invalid").  DIR/aks_kubeconfig.yaml holds contexts
   emu        the good token           emu-bad    a wrong token
   emu-down   a closed port            emu-ca     a CA that did not sign the server
+  emu-cert   a client certificate (CN ctarget-k8s-user) signed by the CA, no token
 Faults (POST /_emulator/faults, "target": "aks"; "path" is a regex on the Job name or, for
 image_pull_failure, on the image):
   {"action": "image_pull_failure"}  the pod stays Pending: ErrImagePull, ImagePullBackOff
@@ -31,6 +32,7 @@ import random
 import re
 import secrets
 import signal
+import ssl
 import string
 import subprocess
 import threading
@@ -294,10 +296,35 @@ def _has(kinds, path):
 
 
 # ---- requests ------------------------------------------------------------------------------------
+CERT_USER = "ctarget-k8s-user"
+
+
 def check_auth(h):
     a = h.headers.get("Authorization", "")
-    if a != "Bearer " + S.token:
-        raise K8sError(401, "Unauthorized", "Unauthorized")
+    if a == "Bearer " + S.token:
+        return
+    if not a:  # x509 client certificate auth: a certificate the cluster CA signed, CN = the user
+        try:
+            cert = h.connection.getpeercert()
+        except (AttributeError, ValueError):
+            cert = None
+        cn = [v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"]
+        if cn == [CERT_USER]:
+            return
+    raise K8sError(401, "Unauthorized", "Unauthorized")
+
+
+def client_cert(emu):
+    """A client certificate and key signed by the emulator's CA (user CERT_USER)."""
+    d = emu.dir
+    key, csr, crt = (os.path.join(d, "aks_client." + e) for e in ("key", "csr", "pem"))
+    run = lambda *a: subprocess.run(["openssl"] + list(a), check=True,  # noqa: E731
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+        "-out", csr, "-subj", "/CN=%s/O=system:masters" % CERT_USER)
+    run("x509", "-req", "-in", csr, "-CA", os.path.join(d, "ca.pem"), "-CAkey", os.path.join(d, "ca.key"),
+        "-CAcreateserial", "-out", crt, "-days", "3")
+    return open(crt, "rb").read(), open(key, "rb").read()
 
 
 def validate(h, path, body):
@@ -565,9 +592,18 @@ def kubeconfig(emu, port):
         lines += ["- name: %s" % n, "  cluster:", "    server: https://127.0.0.1:%d" % pt,
                   "    certificate-authority-data: %s" % b64(c)]
     lines += ["users:", "- name: emu-user", "  user:", "    token: %s" % S.token,
-              "- name: bad-user", "  user:", "    token: k8s-emu-wrong-token-0000", "contexts:"]
-    for ctx, cl, us in (("emu", "emu", "emu-user"), ("emu-bad", "emu", "bad-user"),
-                        ("emu-down", "emu-down", "emu-user"), ("emu-ca", "emu-ca", "emu-user")):
+              "- name: bad-user", "  user:", "    token: k8s-emu-wrong-token-0000"]
+    ctxs = [("emu", "emu", "emu-user"), ("emu-bad", "emu", "bad-user"),
+            ("emu-down", "emu-down", "emu-user"), ("emu-ca", "emu-ca", "emu-user")]
+    try:
+        crt, key = client_cert(emu)
+        lines += ["- name: cert-user", "  user:", "    client-certificate-data: %s" % b64(crt),
+                  "    client-key-data: %s" % b64(key)]
+        ctxs.append(("emu-cert", "emu", "cert-user"))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    lines += ["contexts:"]
+    for ctx, cl, us in ctxs:
         lines += ["- name: %s" % ctx, "  context:", "    cluster: %s" % cl, "    user: %s" % us,
                   "    namespace: default"]
     path = os.path.join(emu.dir, "aks_kubeconfig.yaml")
@@ -595,6 +631,13 @@ def init(emu):
     probe = socket.socket()
     probe.close()
     port = emu.data_plane(NAME, handle)
+    # ask for (never require) a client certificate, verified against the cluster CA
+    try:
+        sctx = emu.planes[NAME].socket.context
+        sctx.load_verify_locations(os.path.join(emu.dir, "ca.pem"))
+        sctx.verify_mode = ssl.CERT_OPTIONAL
+    except (AttributeError, OSError, ssl.SSLError):
+        pass
     kubeconfig(emu, port)
     with open(os.path.join(emu.dir, "aks_ready"), "w") as f:
         f.write("1\n")
