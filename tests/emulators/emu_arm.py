@@ -249,6 +249,10 @@ def compute_view(emu, c):
              "disableLocalAuth": c.get("disableLocalAuth", False), "provisioningErrors": c.get("errors")}
     if c.get("resourceId"):
         props["resourceId"] = c["resourceId"]
+    elif t == "AKS" and c["state"] == "Succeeded":
+        # a created AKS compute names its managed cluster, as the service does
+        props["resourceId"] = ("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.ContainerService/"
+                               "managedClusters/%s" % (emu.sub, emu.seed["resource_group"], c["name"]))
     inner = json.loads(json.dumps(c.get("props") or {}))
     if t == "AmlCompute" and c["state"] in ("Succeeded", "Updating"):
         ss = inner.setdefault("scaleSettings", {"maxNodeCount": 1})
