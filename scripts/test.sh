@@ -46,7 +46,9 @@ run_check() {
 # a separate `make check` beforehand would run every program twice for nothing
 step "make distcheck (make check of the tarball, -Werror)"
 rm -rf "$top/_build/check" && mkdir -p "$top/_build/check"
-if ! (cd "$top/_build/check" && "$top/configure" -q --enable-werror && make -s -j"$jobs" &&
+# (distcheck builds from the tarball: this configured tree only makes the tarball, its own
+# build would be a third one for nothing)
+if ! (cd "$top/_build/check" && "$top/configure" -q --enable-werror &&
       make -s -j"$check_jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror); then
     for d in "$top"/_build/check/ctarget-*/_build/sub; do
         [ -d "$d" ] && show_failures "$d"
