@@ -271,7 +271,8 @@ static ctarget_status norm_step(const char *file, const char *base, json_t *s, s
     json_t *tv = json_object_get(s, "type");
     if (tv && !json_is_string(tv))
         return bad(err, "pipeline %s: step '%s': type must be a string (script, "
-                   "data_transfer, or a target type: databricks, adla, batch)", file, name);
+                   "data_transfer, or the type of a target that runs its own kind of steps; "
+                   "see ctarget plugins)", file, name);
     const char *type = tv ? json_string_value(tv) : "script";
     if (!name_ok(type, 0))
         return bad(err, "pipeline %s: step '%s': type '%s' is invalid", file, name, type);
@@ -567,6 +568,7 @@ ctarget_status pl_config_from_doc(json_t *doc, pl_config *c, ctarget_error *err)
         p->outputs = json_object_get(s, "outputs");
         p->source = json_string_value(json_object_get(s, "source"));
         p->allow_reuse = json_is_true(json_object_get(s, "allow_reuse"));
+        p->source_is_output = json_is_true(json_object_get(s, "source_is_output"));
         if (!p->name || !p->type) {
             pl_config_free(c);
             return bad(err, "the stored pipeline document is damaged (step %zu)", i);
@@ -590,8 +592,7 @@ ctarget_status pl_config_from_doc(json_t *doc, pl_config *c, ctarget_error *err)
             if (rc)
                 break;
         }
-        if (!rc && c->steps[i].source &&
-            json_is_true(json_object_get(json_array_get(steps, i), "source_is_output")))
+        if (!rc && c->steps[i].source_is_output)
             rc = add_dep(c, i, c->steps[i].source, "source", err);
     }
     if (!rc) {

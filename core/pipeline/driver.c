@@ -402,9 +402,7 @@ static void transfer_step(drv *d, size_t i)
     const pl_step *s = &d->cfg.steps[i];
     const char *out = json_string_value(json_array_get(s->outputs, 0));
     char *from = NULL;
-    int ref = json_is_true(json_object_get(json_array_get(json_object_get(d->cfg.doc, "steps"),
-                                                          i), "source_is_output"));
-    if (ref) {
+    if (s->source_is_output) {
         char *st = NULL, *o = NULL;
         pl_split_ref(s->source, &st, &o);
         from = outputs_of(d, st, o);
@@ -566,9 +564,9 @@ static void check_outputs(drv *d, size_t i)
     size_t j;
     json_t *v;
     json_array_foreach(s->outputs, j, v) {
-        char *p = path_join(d->r[i].outputs_dir ? d->r[i].outputs_dir : "/nonexistent",
-                            json_string_value(v));
-        int ok = exists(p);
+        char *p = d->r[i].outputs_dir ? path_join(d->r[i].outputs_dir, json_string_value(v))
+                                      : NULL;
+        int ok = p && exists(p);
         free(p);
         if (!ok) {
             char *why = xasprintf("step %s completed without writing its output '%s' (the "

@@ -29,6 +29,7 @@ typedef struct pl_step {
     json_t *inputs;          /* {local name: "step.output"} */
     json_t *outputs;         /* ["name", ...] */
     const char *source;      /* data_transfer: "step.output", or an absolute path */
+    int source_is_output;    /* data_transfer: source names a step's output */
     int allow_reuse;
     size_t *deps;            /* indices of the steps whose outputs it uses (owned) */
     size_t n_deps;
