@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "runlib.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <spawn.h>
@@ -391,3 +392,57 @@ void rl_sweep_concurrency_on(const char *ws, const char *target, const char *con
     free(shared);
 }
 
+
+char *rl_write_in(const char *dir, const char *name, const char *text)
+{
+    char *p = tl_path(dir, name);
+    for (char *slash = strchr(p + strlen(dir) + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+            CU_FAIL("mkdir");
+        *slash = '/';
+    }
+    CU_ASSERT_EQUAL(tl_write_file(p, text), 0);
+    return p;
+}
+
+char *rl_pipeline_submit(const char *ws, const char *file, const char *const env[])
+{
+    tl_result r = tl_ctarget_run(ws, NULL, env, (const char *const[]){"pipeline", "submit", file,
+                                 "-o", "json", NULL});
+    TL_ASSERT_EXIT(r, 0);
+    char *id = NULL;
+    if (r.status == 0) {
+        json_t *j = tl_json(&r);
+        const char *s = json_string_value(json_object_get(j, "id"));
+        id = s ? strdup(s) : NULL;
+        json_decref(j);
+    }
+    tl_result_free(&r);
+    return id;
+}
+
+json_t *rl_pipeline_wait(const char *ws, const char *id, int *code, const char *const env[])
+{
+    tl_result r = tl_ctarget_run(ws, NULL, env, (const char *const[]){"pipeline", "wait", id,
+                                 "--timeout", "120", "-o", "json", NULL});
+    *code = r.status;
+    json_t *j = tl_json(&r);
+    if (!j)
+        tl_dump("pipeline wait", &r);
+    tl_result_free(&r);
+    return j;
+}
+
+const char *rl_step_get(json_t *pipeline, const char *step, const char *key)
+{
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(pipeline, "steps"), i, s) {
+        if (!strcmp(json_string_value(json_object_get(s, "name")), step)) {
+            const char *v = json_string_value(json_object_get(s, key));
+            return v ? v : "";
+        }
+    }
+    return "";
+}

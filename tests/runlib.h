@@ -60,4 +60,14 @@ json_t *rl_sweep_wait(const char *ws, const char *id, int expect_exit, const cha
  * machine's file system: remotevm on the loopback sshd, the emulated amlcompute). */
 void rl_sweep_concurrency_on(const char *ws, const char *target, const char *const env[]);
 
+/* Pipelines.  env as for sweeps.
+ * DIR/name holding text, its directories made first (the path, owned). */
+char *rl_write_in(const char *dir, const char *name, const char *text);
+/* `pipeline submit FILE -o json`: the pipeline id (owned), or NULL with a CUnit failure. */
+char *rl_pipeline_submit(const char *ws, const char *file, const char *const env[]);
+/* `pipeline wait ID --timeout 120 -o json` (a guard), parsed; *code gets its exit status. */
+json_t *rl_pipeline_wait(const char *ws, const char *id, int *code, const char *const env[]);
+/* A key of step `step` in a shown pipeline ("" when absent; borrowed). */
+const char *rl_step_get(json_t *pipeline, const char *step, const char *key);
+
 #endif

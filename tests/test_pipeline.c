@@ -31,25 +31,12 @@ static char *fmt(const char *f, ...)
     return s;
 }
 
-static char *write_in(const char *dir, const char *name, const char *text)
-{
-    char *p = tl_path(dir, name);
-    char *slash = strrchr(p, '/');
-    *slash = '\0';
-    char *mk = fmt("mkdir -p '%s'", p);
-    if (system(mk) != 0)
-        CU_FAIL("mkdir");
-    free(mk);
-    *slash = '/';
-    CU_ASSERT_EQUAL(tl_write_file(p, text), 0);
-    return p;
-}
 
 /* `pipeline validate FILE` must exit `code` with `needle` in its error. */
 static void refused(const char *ws, const char *dir, const char *text, int code,
                     const char *needle)
 {
-    char *f = write_in(dir, "p.yaml", text);
+    char *f = rl_write_in(dir, "p.yaml", text);
     tl_result r = TL_CT(ws, "pipeline", "validate", f);
     if (r.status != code || !tl_contains(r.err, needle)) {
         printf("\nexpected exit %d with '%s' for:\n%s\n", code, needle, text);
@@ -69,7 +56,7 @@ static void t_bad_files_are_refused_with_the_reason(void)
 {
     char *ws = rl_workspace(), *dir = tl_tmpdir("plfiles");
     char *src = fmt("%s/src", dir);
-    free(write_in(dir, "src/a.py", "print(1)\n"));
+    free(rl_write_in(dir, "src/a.py", "print(1)\n"));
     char *head = fmt("steps:\n");
 #define STEP(n, extra) "  - name: " n "\n    target: pipe\n    type: testpipe\n" \
                        "    source_directory: src\n    script: a.py\n" extra
@@ -131,15 +118,15 @@ static void t_bad_files_are_refused_with_the_reason(void)
 static void t_yaml_and_json_give_the_same_pipeline(void)
 {
     char *dir = tl_tmpdir("plsame");
-    free(write_in(dir, "src/a.py", "print(1)\n"));
-    char *y = write_in(dir, "p.yaml",
+    free(rl_write_in(dir, "src/a.py", "print(1)\n"));
+    char *y = rl_write_in(dir, "p.yaml",
                        "name: same\nmax_parallel: 2\nsteps:\n"
                        "  - name: a\n    target: vmbox\n    source_directory: src\n"
                        "    script: a.py\n    arguments: [--n, 3, 0.5, 'yes']\n"
                        "    outputs: [o]\n"
                        "  - name: b\n    target: vmbox\n    source_directory: src\n"
                        "    script: a.py\n    inputs: {i: a.o}\n    allow_reuse: false\n");
-    char *jf = write_in(dir, "p.json",
+    char *jf = rl_write_in(dir, "p.json",
                         "{\"name\": \"same\", \"max_parallel\": 2, \"steps\": ["
                         "{\"name\": \"a\", \"target\": \"vmbox\", \"source_directory\": \"src\","
                         " \"script\": \"a.py\", \"arguments\": [\"--n\", 3, 0.5, \"yes\"],"
@@ -177,7 +164,7 @@ static void t_yaml_and_json_give_the_same_pipeline(void)
 static void t_steps_on_targets_that_cannot_run_them_are_refused_first(void)
 {
     char *ws = rl_workspace(), *dir = tl_tmpdir("plcaps");
-    free(write_in(dir, "src/a.py", "print(1)\n"));
+    free(rl_write_in(dir, "src/a.py", "print(1)\n"));
     const char *ok = "  - name: fine\n    target: pipe\n    type: testpipe\n"
                      "    source_directory: src\n    script: a.py\n";
     char *t;
@@ -264,44 +251,9 @@ static char *attach_vm(void)
     return ws;
 }
 
-static char *submit(const char *ws, const char *file)
-{
-    tl_result r = TL_CT(ws, "pipeline", "submit", file, "-o", "json");
-    TL_ASSERT_EXIT(r, 0);
-    json_t *j = tl_json(&r);
-    const char *id = json_string_value(json_object_get(j, "id"));
-    char *out = id ? strdup(id) : NULL;
-    json_decref(j);
-    tl_result_free(&r);
-    return out;
-}
 
-/* `pipeline wait` (a 120 s guard): the shown pipeline, its exit status in *code. */
-static json_t *wait_pl(const char *ws, const char *id, int *code)
-{
-    tl_result r = TL_CT(ws, "pipeline", "wait", id, "--timeout", "120", "-o", "json");
-    *code = r.status;
-    json_t *j = tl_json(&r);
-    if (!j)
-        tl_dump("pipeline wait", &r);
-    tl_result_free(&r);
-    return j;
-}
 
-static json_t *step_of(json_t *p, const char *name)
-{
-    size_t i;
-    json_t *s;
-    json_array_foreach(json_object_get(p, "steps"), i, s) if (
-        !strcmp(json_string_value(json_object_get(s, "name")), name)) return s;
-    return NULL;
-}
 
-static const char *sget(json_t *p, const char *step, const char *key)
-{
-    const char *v = json_string_value(json_object_get(step_of(p, step), key));
-    return v ? v : "";
-}
 
 static size_t children(const char *ws, const char *id)
 {
@@ -330,26 +282,26 @@ static void t_remotevm_pipeline_passes_data_and_reuses_unchanged_steps(void)
 {
     CU_ASSERT_FATAL(S_ok);
     char *ws = attach_vm(), *dir = tl_tmpdir("plvm");
-    free(write_in(dir, "prep/prep.py", PREP_PY));
-    free(write_in(dir, "train/train.py", TRAIN_PY));
-    free(write_in(dir, "train/lint.py", LINT_PY));
-    char *text = fmt(PIPE_YAML, 4, 1), *file = write_in(dir, "pipeline.yaml", text);
+    free(rl_write_in(dir, "prep/prep.py", PREP_PY));
+    free(rl_write_in(dir, "train/train.py", TRAIN_PY));
+    free(rl_write_in(dir, "train/lint.py", LINT_PY));
+    char *text = fmt(PIPE_YAML, 4, 1), *file = rl_write_in(dir, "pipeline.yaml", text);
     free(text);
 
     long long t0 = tl_now_ms();
-    char *id = submit(ws, file);
+    char *id = rl_pipeline_submit(ws, file, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id);
     int code;
-    json_t *p = wait_pl(ws, id, &code);
+    json_t *p = rl_pipeline_wait(ws, id, &code, NULL);
     long long first_ms = tl_now_ms() - t0;
     CU_ASSERT_EQUAL(code, 0);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Finished");
-    CU_ASSERT_STRING_EQUAL(sget(p, "prep", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "train", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "lint", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "publish", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "prep", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "train", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "lint", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "publish", "status"), "Completed");
     /* train read prep's output, and its own output is in its run's outputs */
-    char *m = fmt("%s/runs/%s/outputs/model/model.txt", ws, sget(p, "train", "run"));
+    char *m = fmt("%s/runs/%s/outputs/model/model.txt", ws, rl_step_get(p, "train", "run"));
     char *model = tl_read_file(m);
     CU_ASSERT_STRING_EQUAL(model ? model : "", "sum=10\n");
     free(model);
@@ -359,7 +311,7 @@ static void t_remotevm_pipeline_passes_data_and_reuses_unchanged_steps(void)
     CU_ASSERT_STRING_EQUAL(model ? model : "", "sum=10\n");
     free(model);
     free(pub);
-    tl_result r = TL_CT(ws, "run", "logs", sget(p, "train", "run"));
+    tl_result r = TL_CT(ws, "run", "logs", rl_step_get(p, "train", "run"));
     CU_ASSERT(tl_contains(r.out, "train read 4 rows from inputs/features/rows.txt"));
     tl_result_free(&r);
     /* the pipeline's own log tells the story */
@@ -372,15 +324,15 @@ static void t_remotevm_pipeline_passes_data_and_reuses_unchanged_steps(void)
 
     /* unchanged: every run step is reused, nothing runs */
     t0 = tl_now_ms();
-    char *id2 = submit(ws, file);
+    char *id2 = rl_pipeline_submit(ws, file, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id2);
-    p = wait_pl(ws, id2, &code);
+    p = rl_pipeline_wait(ws, id2, &code, NULL);
     long long second_ms = tl_now_ms() - t0;
     CU_ASSERT_EQUAL(code, 0);
-    CU_ASSERT_STRING_EQUAL(sget(p, "prep", "status"), "Reused");
-    CU_ASSERT_STRING_EQUAL(sget(p, "train", "status"), "Reused");
-    CU_ASSERT_STRING_EQUAL(sget(p, "lint", "status"), "Reused");
-    CU_ASSERT(tl_contains(sget(p, "train", "reason"), "reused the outputs of run"));
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "prep", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "train", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "lint", "status"), "Reused");
+    CU_ASSERT(tl_contains(rl_step_get(p, "train", "reason"), "reused the outputs of run"));
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(p, "reused")), 3);
     CU_ASSERT_EQUAL(children(ws, id2), 0);
     printf("\n    remotevm pipeline (4 steps): first run %lld ms, unchanged rerun %lld ms "
@@ -389,15 +341,15 @@ static void t_remotevm_pipeline_passes_data_and_reuses_unchanged_steps(void)
 
     /* train's argument changes: prep and lint are reused, train and publish run again */
     text = fmt(PIPE_YAML, 4, 3);
-    free(write_in(dir, "pipeline.yaml", text));
+    free(rl_write_in(dir, "pipeline.yaml", text));
     free(text);
-    char *id3 = submit(ws, file);
-    p = wait_pl(ws, id3, &code);
+    char *id3 = rl_pipeline_submit(ws, file, NULL);
+    p = rl_pipeline_wait(ws, id3, &code, NULL);
     CU_ASSERT_EQUAL(code, 0);
-    CU_ASSERT_STRING_EQUAL(sget(p, "prep", "status"), "Reused");
-    CU_ASSERT_STRING_EQUAL(sget(p, "lint", "status"), "Reused");
-    CU_ASSERT_STRING_EQUAL(sget(p, "train", "status"), "Completed");
-    m = fmt("%s/runs/%s/outputs/model/model.txt", ws, sget(p, "train", "run"));
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "prep", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "lint", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "train", "status"), "Completed");
+    m = fmt("%s/runs/%s/outputs/model/model.txt", ws, rl_step_get(p, "train", "run"));
     model = tl_read_file(m);
     CU_ASSERT_STRING_EQUAL(model ? model : "", "sum=30\n");
     free(model);
@@ -407,14 +359,14 @@ static void t_remotevm_pipeline_passes_data_and_reuses_unchanged_steps(void)
 
     /* a changed input (prep's argument) reruns prep and the step that reads it */
     text = fmt(PIPE_YAML, 5, 3);
-    free(write_in(dir, "pipeline.yaml", text));
+    free(rl_write_in(dir, "pipeline.yaml", text));
     free(text);
-    char *id4 = submit(ws, file);
-    p = wait_pl(ws, id4, &code);
+    char *id4 = rl_pipeline_submit(ws, file, NULL);
+    p = rl_pipeline_wait(ws, id4, &code, NULL);
     CU_ASSERT_EQUAL(code, 0);
-    CU_ASSERT_STRING_EQUAL(sget(p, "prep", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "train", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "lint", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "prep", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "train", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "lint", "status"), "Reused");
     json_decref(p);
     free(id4);
     free(id3);
@@ -449,9 +401,9 @@ static void t_a_failing_step_fails_the_pipeline_and_cancels_the_rest(void)
 {
     CU_ASSERT_FATAL(S_ok);
     char *ws = attach_vm(), *dir = tl_tmpdir("plfail");
-    free(write_in(dir, "s/fail.py", FAIL_PY));
-    free(write_in(dir, "s/sleep.py", SLEEP_PY));
-    free(write_in(dir, "s/prep.py", PREP_PY));
+    free(rl_write_in(dir, "s/fail.py", FAIL_PY));
+    free(rl_write_in(dir, "s/sleep.py", SLEEP_PY));
+    free(rl_write_in(dir, "s/prep.py", PREP_PY));
     char *pidf = fmt("%s/sleep.pid", dir);
     char *text = fmt("steps:\n"
                      "  - name: slow\n    target: vmbox\n    source_directory: s\n"
@@ -461,20 +413,20 @@ static void t_a_failing_step_fails_the_pipeline_and_cancels_the_rest(void)
                      "  - name: after\n    target: vmbox\n    source_directory: s\n"
                      "    script: prep.py\n    arguments: [1]\n    inputs: {x: bad.o}\n",
                      pidf);
-    char *file = write_in(dir, "p.yaml", text);
+    char *file = rl_write_in(dir, "p.yaml", text);
     free(text);
-    char *id = submit(ws, file);
+    char *id = rl_pipeline_submit(ws, file, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id);
     int code;
-    json_t *p = wait_pl(ws, id, &code);
+    json_t *p = rl_pipeline_wait(ws, id, &code, NULL);
     CU_ASSERT_EQUAL(code, 1);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Failed");
     CU_ASSERT(tl_contains(json_string_value(json_object_get(p, "reason")), "step bad failed"));
-    CU_ASSERT_STRING_EQUAL(sget(p, "bad", "status"), "Failed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "after", "status"), "Canceled");
-    CU_ASSERT(tl_contains(sget(p, "after", "reason"), "not started: step bad failed"));
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "bad", "status"), "Failed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "after", "status"), "Canceled");
+    CU_ASSERT(tl_contains(rl_step_get(p, "after", "reason"), "not started: step bad failed"));
     /* the independent slow step was canceled: its process is gone */
-    CU_ASSERT_STRING_EQUAL(sget(p, "slow", "status"), "Canceled");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "slow", "status"), "Canceled");
     CU_ASSERT(!pid_alive(pidf));
     json_decref(p);
     free(pidf);
@@ -488,10 +440,10 @@ static void t_continue_on_step_failure_runs_the_independent_steps(void)
 {
     CU_ASSERT_FATAL(S_ok);
     char *ws = attach_vm(), *dir = tl_tmpdir("plcont");
-    free(write_in(dir, "s/fail.py", FAIL_PY));
-    free(write_in(dir, "s/prep.py", PREP_PY));
-    free(write_in(dir, "s/lint.py", LINT_PY));
-    char *file = write_in(dir, "p.yaml",
+    free(rl_write_in(dir, "s/fail.py", FAIL_PY));
+    free(rl_write_in(dir, "s/prep.py", PREP_PY));
+    free(rl_write_in(dir, "s/lint.py", LINT_PY));
+    char *file = rl_write_in(dir, "p.yaml",
                           "continue_on_step_failure: true\nmax_parallel: 1\nsteps:\n"
                           "  - name: bad\n    target: vmbox\n    source_directory: s\n"
                           "    script: fail.py\n    outputs: [o]\n"
@@ -501,18 +453,18 @@ static void t_continue_on_step_failure_runs_the_independent_steps(void)
                           "    script: lint.py\n"
                           "  - name: noout\n    target: vmbox\n    source_directory: s\n"
                           "    script: lint.py\n    arguments: [again]\n    outputs: [never]\n");
-    char *id = submit(ws, file);
+    char *id = rl_pipeline_submit(ws, file, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id);
     int code;
-    json_t *p = wait_pl(ws, id, &code);
+    json_t *p = rl_pipeline_wait(ws, id, &code, NULL);
     CU_ASSERT_EQUAL(code, 1);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Failed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "bad", "status"), "Failed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "after", "status"), "Skipped");
-    CU_ASSERT_STRING_EQUAL(sget(p, "other", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "bad", "status"), "Failed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "after", "status"), "Skipped");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "other", "status"), "Completed");
     /* a step that leaves a declared output out fails, saying which */
-    CU_ASSERT_STRING_EQUAL(sget(p, "noout", "status"), "Failed");
-    CU_ASSERT(tl_contains(sget(p, "noout", "reason"), "without writing its output 'never'"));
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "noout", "status"), "Failed");
+    CU_ASSERT(tl_contains(rl_step_get(p, "noout", "reason"), "without writing its output 'never'"));
     CU_ASSERT(tl_contains(json_string_value(json_object_get(p, "reason")),
                           "2 of 4 steps failed, 1 not run"));
     json_decref(p);
@@ -526,17 +478,17 @@ static void t_canceling_a_pipeline_cancels_its_running_steps(void)
 {
     CU_ASSERT_FATAL(S_ok);
     char *ws = attach_vm(), *dir = tl_tmpdir("plcancel");
-    free(write_in(dir, "s/sleep.py", SLEEP_PY));
-    free(write_in(dir, "s/prep.py", PREP_PY));
+    free(rl_write_in(dir, "s/sleep.py", SLEEP_PY));
+    free(rl_write_in(dir, "s/prep.py", PREP_PY));
     char *pidf = fmt("%s/sleep.pid", dir);
     char *text = fmt("steps:\n"
                      "  - name: slow\n    target: vmbox\n    source_directory: s\n"
                      "    script: sleep.py\n    arguments: [%s]\n    outputs: [o]\n"
                      "  - name: next\n    target: vmbox\n    source_directory: s\n"
                      "    script: prep.py\n    inputs: {x: slow.o}\n", pidf);
-    char *file = write_in(dir, "p.yaml", text);
+    char *file = rl_write_in(dir, "p.yaml", text);
     free(text);
-    char *id = submit(ws, file);
+    char *id = rl_pipeline_submit(ws, file, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id);
     CU_ASSERT_FATAL(wait_file(pidf, 60000));
     CU_ASSERT(pid_alive(pidf));
@@ -544,11 +496,11 @@ static void t_canceling_a_pipeline_cancels_its_running_steps(void)
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
     int code;
-    json_t *p = wait_pl(ws, id, &code);
+    json_t *p = rl_pipeline_wait(ws, id, &code, NULL);
     CU_ASSERT_EQUAL(code, 130);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Canceled");
-    CU_ASSERT_STRING_EQUAL(sget(p, "slow", "status"), "Canceled");
-    CU_ASSERT_STRING_EQUAL(sget(p, "next", "status"), "Canceled");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "slow", "status"), "Canceled");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "next", "status"), "Canceled");
     CU_ASSERT(!pid_alive(pidf));
     /* nothing of the pipeline is left running */
     r = TL_CT(ws, "run", "list", "--parent", id, "-o", "json");
@@ -580,16 +532,16 @@ static void t_a_killed_driver_is_restarted_and_submits_nothing_twice(void)
 {
     CU_ASSERT_FATAL(S_ok);
     char *ws = attach_vm(), *dir = tl_tmpdir("plkill");
-    free(write_in(dir, "s/slow.py", SLOW_OUT_PY));
-    free(write_in(dir, "s/prep.py", PREP_PY));
-    char *file = write_in(dir, "p.yaml",
+    free(rl_write_in(dir, "s/slow.py", SLOW_OUT_PY));
+    free(rl_write_in(dir, "s/prep.py", PREP_PY));
+    char *file = rl_write_in(dir, "p.yaml",
                           "steps:\n"
                           "  - name: slow\n    target: vmbox\n    source_directory: s\n"
                           "    script: slow.py\n    arguments: [2]\n    outputs: [o]\n"
                           "  - name: after\n    target: vmbox\n    source_directory: s\n"
                           "    script: prep.py\n    arguments: [2]\n    inputs: {x: slow.o}\n"
                           "    outputs: [features]\n");
-    char *id = submit(ws, file);
+    char *id = rl_pipeline_submit(ws, file, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id);
     /* until the slow step runs, then kill the driver */
     long long until = tl_now_ms() + 60000;
@@ -599,11 +551,11 @@ static void t_a_killed_driver_is_restarted_and_submits_nothing_twice(void)
         tl_result r = TL_CT(ws, "pipeline", "show", id, "-o", "json");
         p = tl_json(&r);
         tl_result_free(&r);
-        if (!strcmp(sget(p, "slow", "status"), "Running"))
+        if (!strcmp(rl_step_get(p, "slow", "status"), "Running"))
             break;
         rl_sleep_ms(50);
     }
-    CU_ASSERT_STRING_EQUAL_FATAL(sget(p, "slow", "status"), "Running");
+    CU_ASSERT_STRING_EQUAL_FATAL(rl_step_get(p, "slow", "status"), "Running");
     long pid = (long)json_integer_value(json_object_get(json_object_get(p, "monitor"), "pid"));
     json_decref(p);
     CU_ASSERT_FATAL(pid > 1);
@@ -611,7 +563,7 @@ static void t_a_killed_driver_is_restarted_and_submits_nothing_twice(void)
     for (int i = 0; i < 200 && kill((pid_t)pid, 0) == 0; i++)
         rl_sleep_ms(10);
     int code;
-    p = wait_pl(ws, id, &code);
+    p = rl_pipeline_wait(ws, id, &code, NULL);
     CU_ASSERT_EQUAL(code, 0);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Finished");
     CU_ASSERT(json_integer_value(json_object_get(json_object_get(p, "monitor"), "starts")) >= 2);

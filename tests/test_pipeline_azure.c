@@ -38,24 +38,14 @@ static char *fmt(const char *f, ...)
     return s;
 }
 
-static char *write_in(const char *dir, const char *name, const char *text)
-{
-    char *p = tl_path(dir, name);
-    char *slash = strrchr(p, '/');
-    *slash = '\0';
-    char *mk = fmt("mkdir -p '%s'", p);
-    if (system(mk) != 0)
-        CU_FAIL("mkdir");
-    free(mk);
-    *slash = '/';
-    CU_ASSERT_EQUAL(tl_write_file(p, text), 0);
-    return p;
-}
+
+/* no Azure credential from this process's environment: only the targets' own settings */
+static const char *const NOAZ[] = {"AZURE_CLIENT_SECRET=", "AZURE_CLIENT_ID=",
+                                   "AZURE_TENANT_ID=", NULL};
 
 static tl_result ct(const char *ws, const char *const args[])
 {
-    const char *env[] = {"AZURE_CLIENT_SECRET=", "AZURE_CLIENT_ID=", "AZURE_TENANT_ID=", NULL};
-    return tl_ctarget_run(ws, NULL, env, args);
+    return tl_ctarget_run(ws, NULL, NOAZ, args);
 }
 #define CT(ws, ...) ct((ws), (const char *const[]){__VA_ARGS__, NULL})
 
@@ -148,48 +138,15 @@ static const char *PIPE =
     "  - name: score\n    type: batch\n    target: btpool\n    source_directory: score\n"
     "    script: score.py\n    inputs: {model: train.model}\n    outputs: [report]\n";
 
-static char *submit(const char *ws, const char *file)
-{
-    tl_result r = CT(ws, "pipeline", "submit", file, "-o", "json");
-    TL_ASSERT_EXIT(r, 0);
-    json_t *j = tl_json(&r);
-    const char *id = json_string_value(json_object_get(j, "id"));
-    char *out = id ? strdup(id) : NULL;
-    json_decref(j);
-    tl_result_free(&r);
-    return out;
-}
 
-static json_t *wait_pl(const char *ws, const char *id, int *code)
-{
-    tl_result r = CT(ws, "pipeline", "wait", id, "--timeout", "120", "-o", "json");
-    *code = r.status;
-    json_t *j = tl_json(&r);
-    if (!j)
-        tl_dump("pipeline wait", &r);
-    tl_result_free(&r);
-    return j;
-}
 
-static const char *sget(json_t *p, const char *step, const char *key)
-{
-    size_t i;
-    json_t *s;
-    json_array_foreach(json_object_get(p, "steps"), i, s) {
-        if (!strcmp(json_string_value(json_object_get(s, "name")), step)) {
-            const char *v = json_string_value(json_object_get(s, key));
-            return v ? v : "";
-        }
-    }
-    return "";
-}
 
 static char *sources(void)
 {
     char *dir = tl_tmpdir("plazsrc");
-    free(write_in(dir, "prep/prep.py", PREP_PY));
-    free(write_in(dir, "train/train.py", TRAIN_PY));
-    free(write_in(dir, "score/score.py", SCORE_PY));
+    free(rl_write_in(dir, "prep/prep.py", PREP_PY));
+    free(rl_write_in(dir, "train/train.py", TRAIN_PY));
+    free(rl_write_in(dir, "score/score.py", SCORE_PY));
     return dir;
 }
 
@@ -197,47 +154,47 @@ static void t_remotevm_databricks_batch_pipeline_passes_data_and_reuses(void)
 {
     CU_ASSERT_FATAL(S_ok && FX_ok);
     char *ws = workspace(), *dir = sources();
-    char *text = fmt(PIPE, "0"), *file = write_in(dir, "pipeline.yaml", text);
+    char *text = fmt(PIPE, "0"), *file = rl_write_in(dir, "pipeline.yaml", text);
     free(text);
     long long t0 = tl_now_ms();
-    char *id = submit(ws, file);
+    char *id = rl_pipeline_submit(ws, file, NOAZ);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id);
     int code;
-    json_t *p = wait_pl(ws, id, &code);
+    json_t *p = rl_pipeline_wait(ws, id, &code, NOAZ);
     long long first = tl_now_ms() - t0;
     CU_ASSERT_EQUAL(code, 0);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Finished");
-    CU_ASSERT_STRING_EQUAL(sget(p, "prep", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "train", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "score", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "prep", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "train", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "score", "status"), "Completed");
     /* the data went remotevm -> Databricks -> Batch */
-    char *rp = fmt("%s/runs/%s/outputs/model/model.txt", ws, sget(p, "train", "run"));
+    char *rp = fmt("%s/runs/%s/outputs/model/model.txt", ws, rl_step_get(p, "train", "run"));
     char *m = tl_read_file(rp);
     CU_ASSERT_STRING_EQUAL(m ? m : "", "weight=21\n");
     free(m);
     free(rp);
-    rp = fmt("%s/runs/%s/outputs/report/report.txt", ws, sget(p, "score", "run"));
+    rp = fmt("%s/runs/%s/outputs/report/report.txt", ws, rl_step_get(p, "score", "run"));
     m = tl_read_file(rp);
     CU_ASSERT_STRING_EQUAL(m ? m : "", "scored with weight=21\n");
     free(m);
     free(rp);
-    tl_result r = CT(ws, "run", "logs", sget(p, "train", "run"));
+    tl_result r = CT(ws, "run", "logs", rl_step_get(p, "train", "run"));
     CU_ASSERT(tl_contains(r.out, "trained on 6 rows"));
     tl_result_free(&r);
-    r = CT(ws, "run", "logs", sget(p, "score", "run"));
+    r = CT(ws, "run", "logs", rl_step_get(p, "score", "run"));
     CU_ASSERT(tl_contains(r.out, "scored with weight=21"));
     tl_result_free(&r);
     json_decref(p);
 
     t0 = tl_now_ms();
-    char *id2 = submit(ws, file);
+    char *id2 = rl_pipeline_submit(ws, file, NOAZ);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id2);
-    p = wait_pl(ws, id2, &code);
+    p = rl_pipeline_wait(ws, id2, &code, NOAZ);
     long long second = tl_now_ms() - t0;
     CU_ASSERT_EQUAL(code, 0);
-    CU_ASSERT_STRING_EQUAL(sget(p, "prep", "status"), "Reused");
-    CU_ASSERT_STRING_EQUAL(sget(p, "train", "status"), "Reused");
-    CU_ASSERT_STRING_EQUAL(sget(p, "score", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "prep", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "train", "status"), "Reused");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "score", "status"), "Reused");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(p, "reused")), 3);
     r = CT(ws, "run", "list", "--parent", id2, "-o", "json");
     json_t *kids = tl_json(&r);
@@ -286,9 +243,9 @@ static void t_canceling_the_three_target_pipeline_leaves_nothing_running(void)
 {
     CU_ASSERT_FATAL(S_ok && FX_ok);
     char *ws = workspace(), *dir = sources();
-    char *text = fmt(PIPE, "60"), *file = write_in(dir, "pipeline.yaml", text);
+    char *text = fmt(PIPE, "60"), *file = rl_write_in(dir, "pipeline.yaml", text);
     free(text);
-    char *id = submit(ws, file);
+    char *id = rl_pipeline_submit(ws, file, NOAZ);
     CU_ASSERT_PTR_NOT_NULL_FATAL(id);
     /* until the Databricks step runs */
     long long until = tl_now_ms() + 60000;
@@ -296,7 +253,7 @@ static void t_canceling_the_three_target_pipeline_leaves_nothing_running(void)
     while (!running && tl_now_ms() < until) {
         tl_result r = CT(ws, "pipeline", "show", id, "-o", "json");
         json_t *p = tl_json(&r);
-        running = !strcmp(sget(p, "train", "status"), "Running");
+        running = !strcmp(rl_step_get(p, "train", "status"), "Running");
         json_decref(p);
         tl_result_free(&r);
         if (!running)
@@ -307,12 +264,12 @@ static void t_canceling_the_three_target_pipeline_leaves_nothing_running(void)
     TL_ASSERT_EXIT(r, 0);
     tl_result_free(&r);
     int code;
-    json_t *p = wait_pl(ws, id, &code);
+    json_t *p = rl_pipeline_wait(ws, id, &code, NOAZ);
     CU_ASSERT_EQUAL(code, 130);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(p, "status")), "Canceled");
-    CU_ASSERT_STRING_EQUAL(sget(p, "prep", "status"), "Completed");
-    CU_ASSERT_STRING_EQUAL(sget(p, "train", "status"), "Canceled");
-    CU_ASSERT_STRING_EQUAL(sget(p, "score", "status"), "Canceled");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "prep", "status"), "Completed");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "train", "status"), "Canceled");
+    CU_ASSERT_STRING_EQUAL(rl_step_get(p, "score", "status"), "Canceled");
     CU_ASSERT(!live_in_emulators());
     json_decref(p);
     free(id);
