@@ -626,10 +626,6 @@ def init(emu):
     emu.aks = S
     th = threading.Thread(target=watchdog, daemon=True)
     th.start()
-    # the kubeconfig must exist before the port file tells the fixture the plane is up
-    import socket
-    probe = socket.socket()
-    probe.close()
     port = emu.data_plane(NAME, handle)
     # ask for (never require) a client certificate, verified against the cluster CA
     try:
@@ -638,9 +634,8 @@ def init(emu):
         sctx.verify_mode = ssl.CERT_OPTIONAL
     except (AttributeError, OSError, ssl.SSLError):
         pass
+    # written during init, so before the emulator's DIR/port that the fixture waits for
     kubeconfig(emu, port)
-    with open(os.path.join(emu.dir, "aks_ready"), "w") as f:
-        f.write("1\n")
 
 
 def arm(h, path, body):
