@@ -410,6 +410,9 @@ static void t04_live_logs_and_outputs(void)
     char *id = submit(WS, "k8s-ml", src, "gate.py", NULL, A(gate, "3"));
     CU_ASSERT_FATAL(id != NULL);
     CU_ASSERT(rl_wait_log(WS, id, "waiting at the gate", 20000));
+    /* the log can reach the run before the poll that records Running (the monitor reads
+     * both each loop); the gate is closed, so the run must get there and stay */
+    CU_ASSERT(rl_wait_for(WS, id, "Running", 20000));
     json_t *j = show_run(WS, id);
     CU_ASSERT_STRING_EQUAL(jstr(j, "status"), "Running");
     CU_ASSERT_STRING_EQUAL(jstr(j, "native_state"), "Running");
