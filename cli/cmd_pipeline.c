@@ -210,22 +210,10 @@ static int do_submit(cli *c, pargs *a, int validate)
             size_t i;
             json_t *s;
             json_array_foreach(json_object_get(r, "steps"), i, s) {
-                json_t *x = json_deep_copy(s);
-                {
-                    size_t k;
-                    json_t *d;
-                    size_t len = 1;
-                    json_array_foreach(json_object_get(s, "depends_on"), k, d) len +=
-                        strlen(json_string_value(d)) + 2;
-                    char *deps = calloc(1, len);
-                    json_array_foreach(json_object_get(s, "depends_on"), k, d) {
-                        if (k)
-                            strcat(deps, ", ");
-                        strcat(deps, json_string_value(d));
-                    }
-                    json_object_set_new(x, "after", json_string(*deps ? deps : "-"));
-                    free(deps);
-                }
+                json_t *x = json_deep_copy(s), *deps = json_object_get(s, "depends_on");
+                /* out_table joins an array's items with ", " */
+                json_object_set_new(x, "after", json_array_size(deps) ? json_incref(deps)
+                                                                       : json_string("-"));
                 json_array_append_new(rows, x);
             }
             static const out_col cols[] = {{"STEP", "name"}, {"TYPE", "type"},
